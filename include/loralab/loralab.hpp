@@ -1,0 +1,37 @@
+/// \file
+/// \brief Umbrella header: everything of loralab's CPU side. CUDA headers live under cuda/.
+///
+/// \defgroup core Core
+/// \brief Errors, the Philox RNG, memory accounting.
+/// \defgroup adapter Adapter composition
+/// \brief `Adapter<Policies...>` and the concepts that check a composition.
+/// \defgroup rank Rank axis
+/// \brief `Rank<r>`, `DynamicRank`.
+/// \defgroup freeze Freeze axis
+/// \brief `NoFreeze`, `RandomMask<pct>` (LoRA-SP), `FreezeA`.
+/// \defgroup init Init axis
+/// \brief `KaimingUniformA`, `GaussianA`.
+/// \defgroup scaling Scaling axis
+/// \brief `AlphaOverRank`, `RsLoraScale`.
+/// \defgroup dropout Dropout axis
+/// \brief `NoDropout`, `InputDropout`.
+/// \defgroup cpu CPU backend
+/// \brief Eigen implementations.
+/// \defgroup optim Optimizers
+/// \brief Mask-aware AdamW.
+/// \defgroup io Input and output
+/// \brief safetensors read and write.
+#pragma once
+
+#include "loralab/adapter.hpp"
+#include "loralab/core/error.hpp"
+#include "loralab/core/memory.hpp"
+#include "loralab/core/philox.hpp"
+#include "loralab/cpu/adamw.hpp"
+#include "loralab/cpu/adapted_linear.hpp"
+#include "loralab/cpu/eigen_types.hpp"
+#include "loralab/cpu/random_fill.hpp"
+#include "loralab/io/safetensors.hpp"
+#include "loralab/optim/adamw.hpp"
+#include "loralab/optim/param_tensor.hpp"
+#include "loralab/version.hpp"

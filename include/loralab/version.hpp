@@ -1,0 +1,12 @@
+/// \file
+/// \brief Library version: the single source of truth that CMake parses.
+#pragma once
+
+#define LORALAB_VERSION_MAJOR 0
+#define LORALAB_VERSION_MINOR 1
+#define LORALAB_VERSION_PATCH 0
+
+namespace loralab {
+/// \brief Version string "major.minor.patch".
+inline constexpr const char* version_string = "0.1.0";
+}  // namespace loralab

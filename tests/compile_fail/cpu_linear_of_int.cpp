@@ -1,0 +1,9 @@
+// Must compile without LORALAB_SHOULD_FAIL and fail with it (see CMakeLists.txt).
+#include <loralab/cpu/adapted_linear.hpp>
+#ifdef LORALAB_SHOULD_FAIL
+using Scalar = int;
+#else
+using Scalar = double;
+#endif
+using Layer = loralab::cpu::AdaptedLinear<loralab::Adapter<loralab::Rank<4>>, Scalar>;
+int main() { return sizeof(Layer) > 0 ? 0 : 1; }
