@@ -93,8 +93,10 @@ class Adapter {
 /// \brief True for every `Adapter<...>` specialization.
 template <class T>
 inline constexpr bool is_adapter_v = false;
+/// \cond INTERNAL
 template <class... Ps>
 inline constexpr bool is_adapter_v<Adapter<Ps...>> = true;
+/// \endcond
 
 /// \ingroup adapter
 /// \brief Constrains backend templates to composed adapter types.

@@ -17,7 +17,7 @@ namespace loralab {
 /// \ingroup core
 /// \brief Four 32-bit words: the Philox counter block and its output block.
 struct Philox4x32Block {
-  std::uint32_t v[4];
+  std::uint32_t v[4];  ///< the words, v[0] first as in Random123
 };
 
 namespace detail {

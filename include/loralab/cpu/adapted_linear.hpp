@@ -53,7 +53,7 @@ class AdaptedLinear {
  public:
   using spec = Spec;    ///< the composed adapter type
   using scalar = T;     ///< element type
-  using Index = Eigen::Index;
+  using Index = Eigen::Index;  ///< Eigen's index type
 
   /// \brief Wraps `weight` [out x in] and optional `bias` [out]; draws A, B (and masks) from the
   /// seed. \throws Error on a rank outside [1, min(in, out)], a bias of the wrong length, a
@@ -90,32 +90,41 @@ class AdaptedLinear {
 
   AdaptedLinear(const AdaptedLinear&) = delete;  // holds views into itself and the caller's W
   AdaptedLinear& operator=(const AdaptedLinear&) = delete;
+  /// \brief Moves the adapter; the caller's W stays referenced.
   AdaptedLinear(AdaptedLinear&&) noexcept = default;
 
-  /// \name Shape and scale
-  ///@{
+  /// \brief d_in, the columns of W.
   Index in_features() const { return weight_.cols(); }
+  /// \brief d_out, the rows of W.
   Index out_features() const { return weight_.rows(); }
+  /// \brief The adapter rank r.
   int rank() const { return rank_; }
   /// \brief The branch scale s (alpha/r, or alpha/sqrt(r) with RsLoraScale).
   T scale() const { return scale_; }
+  /// \brief The run-time configuration the adapter was built with.
   const AdapterConfig& config() const { return cfg_; }
+  /// \brief True between merge() and unmerge().
   bool merged() const { return merged_; }
-  ///@}
 
-  /// \name Parameters, gradients, masks (views into flat buffers)
-  ///@{
-  MatrixMap<T> A() { return {params_.data(), rank_, in_features()}; }             // [r x in]
-  MatrixMap<T> B() { return {params_.data() + a_size(), out_features(), rank_}; }  // [out x r]
+  /// \brief A [r x in], writable (tests and loaders set it).
+  MatrixMap<T> A() { return {params_.data(), rank_, in_features()}; }
+  /// \brief B [out x r], writable.
+  MatrixMap<T> B() { return {params_.data() + a_size(), out_features(), rank_}; }
+  /// \brief A [r x in].
   ConstMatrixMap<T> A() const { return {params_.data(), rank_, in_features()}; }
+  /// \brief B [out x r].
   ConstMatrixMap<T> B() const { return {params_.data() + a_size(), out_features(), rank_}; }
+  /// \brief Accumulated dL/dA [r x in]; exactly 0 on frozen entries.
   ConstMatrixMap<T> grad_A() const { return {grads_.data(), rank_, in_features()}; }
+  /// \brief Accumulated dL/dB [out x r]; exactly 0 on frozen entries.
   ConstMatrixMap<T> grad_B() const { return {grads_.data() + a_size(), out_features(), rank_}; }
   /// \brief 1 = trainable, 0 = frozen, A's entries then B's (row-major). Empty without a mask.
   std::span<const std::uint8_t> mask() const { return mask_; }
+  /// \brief The mask of A [r x in], row-major; empty without a mask.
   std::span<const std::uint8_t> mask_A() const {
     return kHasMask ? std::span<const std::uint8_t>(mask_).first(a_size()) : std::span<const std::uint8_t>{};
   }
+  /// \brief The mask of B [out x r], row-major; empty without a mask.
   std::span<const std::uint8_t> mask_B() const {
     return kHasMask ? std::span<const std::uint8_t>(mask_).subspan(a_size()) : std::span<const std::uint8_t>{};
   }
@@ -128,7 +137,6 @@ class AdaptedLinear {
       return {ParamTensor<T>{params_, grads_, mask_}};
     }
   }
-  ///@}
 
   /// \brief Redraws A (and the masks) from the seed, sets B = 0 and the gradients to 0. Unmerges
   /// first if merged, so W returns to its base value.

@@ -24,7 +24,8 @@ struct AdamWConfig {
 struct AdamWStepCoefficients {
   double lr = 0;                   ///< learning rate of this step
   double decay = 1;                ///< 1 - lr * weight_decay
-  double beta1 = 0, beta2 = 0;     ///< moment decays
+  double beta1 = 0;                ///< first-moment decay
+  double beta2 = 0;                ///< second-moment decay
   double step_size = 0;            ///< lr / (1 - beta1^t)
   double sqrt_bc2 = 1;             ///< sqrt(1 - beta2^t)
   double eps = 0;                  ///< epsilon

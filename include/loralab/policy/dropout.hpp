@@ -9,8 +9,8 @@ namespace loralab {
 /// \ingroup dropout
 /// \brief No dropout in the adapter (PEFT's `lora_dropout=0`).
 struct NoDropout {
-  using axis = axes::dropout;
-  static constexpr bool has_input_dropout = false;
+  using axis = axes::dropout;  ///< the axis this policy sits on
+  static constexpr bool has_input_dropout = false;  ///< drops the branch input
 };
 
 /// \ingroup dropout
@@ -20,8 +20,8 @@ struct NoDropout {
 /// backward regenerates it instead of storing it.
 /// \sa methods.md section 1.3.
 struct InputDropout {
-  using axis = axes::dropout;
-  static constexpr bool has_input_dropout = true;
+  using axis = axes::dropout;  ///< the axis this policy sits on
+  static constexpr bool has_input_dropout = true;  ///< drops the branch input
 };
 
 /// \ingroup dropout

@@ -11,7 +11,7 @@ namespace loralab {
 /// \ingroup freeze
 /// \brief Plain LoRA: every entry of A and B is trainable.
 struct NoFreeze {
-  using axis = axes::freeze;
+  using axis = axes::freeze;  ///< the axis this policy sits on
   static constexpr bool has_mask = false;  ///< keeps per-entry masks for A and B
   static constexpr bool freezes_a = false; ///< A is frozen as a whole
 };
@@ -29,9 +29,9 @@ struct NoFreeze {
 template <int Percent = 50>
 struct RandomMask {
   static_assert(Percent >= 0 && Percent <= 100, "loralab: RandomMask<Percent> needs 0 <= Percent <= 100");
-  using axis = axes::freeze;
-  static constexpr bool has_mask = true;
-  static constexpr bool freezes_a = false;
+  using axis = axes::freeze;  ///< the axis this policy sits on
+  static constexpr bool has_mask = true;  ///< keeps per-entry masks for A and B
+  static constexpr bool freezes_a = false;  ///< A is frozen as a whole
   static constexpr int frozen_percent = Percent;  ///< share of frozen entries, in percent
 };
 
@@ -39,9 +39,9 @@ struct RandomMask {
 /// \brief All of A frozen at its initial value, only B trains (LoRA-FA style). Saves the dA GEMM
 /// and the need to keep the input X for backward.
 struct FreezeA {
-  using axis = axes::freeze;
-  static constexpr bool has_mask = false;
-  static constexpr bool freezes_a = true;
+  using axis = axes::freeze;  ///< the axis this policy sits on
+  static constexpr bool has_mask = false;  ///< keeps per-entry masks for A and B
+  static constexpr bool freezes_a = true;  ///< A is frozen as a whole
 };
 
 /// \ingroup freeze

@@ -11,7 +11,7 @@ namespace loralab {
 /// \ingroup scaling
 /// \brief Standard LoRA scale \f$ s = \alpha / r \f$.
 struct AlphaOverRank {
-  using axis = axes::scaling;
+  using axis = axes::scaling;  ///< the axis this policy sits on
   /// \brief The scale for a given alpha and rank.
   static double scale(double alpha, int rank) { return alpha / rank; }
 };
@@ -19,7 +19,7 @@ struct AlphaOverRank {
 /// \ingroup scaling
 /// \brief rsLoRA (arXiv 2312.03732) scale \f$ s = \alpha / \sqrt{r} \f$.
 struct RsLoraScale {
-  using axis = axes::scaling;
+  using axis = axes::scaling;  ///< the axis this policy sits on
   /// \brief The scale for a given alpha and rank.
   static double scale(double alpha, int rank) { return alpha / std::sqrt(double(rank)); }
 };
