@@ -85,12 +85,14 @@ constexpr DType unsupported_dtype() {
 /// I64. Any other type fails to compile.
 template <class T>
 inline constexpr DType dtype_of = detail::unsupported_dtype<T>();
+/// \cond INTERNAL
 template <>
 inline constexpr DType dtype_of<float> = DType::F32;
 template <>
 inline constexpr DType dtype_of<double> = DType::F64;
 template <>
 inline constexpr DType dtype_of<std::int64_t> = DType::I64;
+/// \endcond
 
 /// \ingroup io
 /// \brief One tensor's header entry: element type, shape, and its byte range [begin, end) in the
