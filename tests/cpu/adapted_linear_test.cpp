@@ -377,3 +377,17 @@ TEST_CASE("reset redraws A from the seed, zeroes B and unmerges") {
   CHECK(layer.B().norm() == 0.0);
   LORALAB_CHECK_CLOSE(W, W0, 1e-14, 1e-15);
 }
+
+TEST_CASE("all_finite detects NaN, +Inf and -Inf anywhere and accepts huge finite values") {
+  MatrixR<float> M = MatrixR<float>::Constant(7, 13, 3e38f);  // a plain sum would overflow
+  CHECK(cpu::all_finite(M));
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    MatrixR<float> N = M;
+    N(6, 12) = bad;
+    CHECK(!cpu::all_finite(N));
+    N(6, 12) = 0;
+    N(0, 0) = bad;
+    CHECK(!cpu::all_finite(N));
+  }
+}

@@ -215,7 +215,7 @@ class AdaptedLinear {
     if (merged_) return;
     MatrixR<T> updated = weight_;
     updated.noalias() += scale_ * (B() * A());
-    LORALAB_CHECK(updated.allFinite(), "[loralab.numeric] merge would write non-finite values into W");
+    LORALAB_CHECK(all_finite(updated), "[loralab.numeric] merge would write non-finite values into W");
     weight_ = updated;
     merged_ = true;
   }
@@ -255,7 +255,7 @@ class AdaptedLinear {
 
   template <class M>
   static void require_finite(const M& mat, const char* what) {
-    if (mat.allFinite()) return;
+    if (all_finite(mat)) return;
     for (Index i = 0; i < mat.rows(); ++i)
       for (Index j = 0; j < mat.cols(); ++j)
         LORALAB_CHECK(std::isfinite(mat(i, j)), "[loralab.numeric] non-finite value ", mat(i, j), " in ",
