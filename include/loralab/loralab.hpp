@@ -19,6 +19,8 @@
 /// \brief Eigen implementations.
 /// \defgroup optim Optimizers
 /// \brief Mask-aware AdamW.
+/// \defgroup cuda CUDA backend
+/// \brief Device storage, error checking and kernels (cuda/loralab/cuda/).
 /// \defgroup io Input and output
 /// \brief safetensors read and write.
 #pragma once

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "loralab/core/philox.hpp"
+#include "loralab/cuda/error.hpp"
 
 namespace {
 
@@ -21,23 +22,9 @@ __global__ void words_kernel(std::uint64_t seed, std::uint64_t stream, std::uint
   if (i < n) out[i] = loralab::philox_word(seed, stream, static_cast<std::uint64_t>(i));
 }
 
-#define CHECK_CUDA(call)                                                                 \
-  do {                                                                                   \
-    const cudaError_t err_ = (call);                                                     \
-    if (err_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s failed: %s\n", #call, cudaGetErrorString(err_));          \
-      return 1;                                                                          \
-    }                                                                                    \
-  } while (0)
-
 }  // namespace
 
-int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no CUDA device on this machine (cudaGetDeviceCount reported none)\n");
-    return 77;
-  }
+int run() {
   // Random123 kat_vectors, philox4x32 10: counter, key, expected.
   const std::vector<loralab::Philox4x32Block> ctr = {
       {{0, 0, 0, 0}}, {{~0u, ~0u, ~0u, ~0u}}, {{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}};
@@ -47,15 +34,15 @@ int main() {
                                         {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}};
   loralab::Philox4x32Block *d_ctr, *d_out;
   std::uint32_t* d_key;
-  CHECK_CUDA(cudaMalloc(&d_ctr, 3 * sizeof(loralab::Philox4x32Block)));
-  CHECK_CUDA(cudaMalloc(&d_out, 3 * sizeof(loralab::Philox4x32Block)));
-  CHECK_CUDA(cudaMalloc(&d_key, 6 * sizeof(std::uint32_t)));
-  CHECK_CUDA(cudaMemcpy(d_ctr, ctr.data(), 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemcpy(d_key, key.data(), 6 * sizeof(std::uint32_t), cudaMemcpyHostToDevice));
+  LORALAB_CUDA_CHECK(cudaMalloc(&d_ctr, 3 * sizeof(loralab::Philox4x32Block)));
+  LORALAB_CUDA_CHECK(cudaMalloc(&d_out, 3 * sizeof(loralab::Philox4x32Block)));
+  LORALAB_CUDA_CHECK(cudaMalloc(&d_key, 6 * sizeof(std::uint32_t)));
+  LORALAB_CUDA_CHECK(cudaMemcpy(d_ctr, ctr.data(), 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyHostToDevice));
+  LORALAB_CUDA_CHECK(cudaMemcpy(d_key, key.data(), 6 * sizeof(std::uint32_t), cudaMemcpyHostToDevice));
   philox_kernel<<<1, 32>>>(d_ctr, d_key, d_out, 3);
-  CHECK_CUDA(cudaGetLastError());
+  LORALAB_CUDA_CHECK(cudaGetLastError());
   std::vector<loralab::Philox4x32Block> out(3);
-  CHECK_CUDA(cudaMemcpy(out.data(), d_out, 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyDeviceToHost));
+  LORALAB_CUDA_CHECK(cudaMemcpy(out.data(), d_out, 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyDeviceToHost));
   int failures = 0;
   for (int k = 0; k < 3; ++k)
     for (int w = 0; w < 4; ++w)
@@ -68,11 +55,11 @@ int main() {
   const std::uint64_t seed = 0x0123456789abcdefull;
   const std::uint64_t stream = loralab::make_stream(loralab::RngPurpose::input_dropout, 3, 42);
   std::uint32_t* d_words;
-  CHECK_CUDA(cudaMalloc(&d_words, n * sizeof(std::uint32_t)));
+  LORALAB_CUDA_CHECK(cudaMalloc(&d_words, n * sizeof(std::uint32_t)));
   words_kernel<<<(n + 255) / 256, 256>>>(seed, stream, d_words, n);
-  CHECK_CUDA(cudaGetLastError());
+  LORALAB_CUDA_CHECK(cudaGetLastError());
   std::vector<std::uint32_t> words(n);
-  CHECK_CUDA(cudaMemcpy(words.data(), d_words, n * sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
+  LORALAB_CUDA_CHECK(cudaMemcpy(words.data(), d_words, n * sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
   for (int i = 0; i < n; ++i)
     if (words[i] != loralab::philox_word(seed, stream, static_cast<std::uint64_t>(i)) && failures++ < 10)
       std::printf("stream word %d differs between device and host\n", i);
@@ -83,4 +70,17 @@ int main() {
   std::printf("%s: %d failures (3 KAT vectors, %d stream words)\n", failures ? "FAILED" : "PASSED",
               failures, n);
   return failures ? 1 : 0;
+}
+
+int main() {
+  if (loralab::cuda::device_count() == 0) {
+    std::printf("SKIPPED: no CUDA device on this machine (cudaGetDeviceCount reported none)\n");
+    return 77;
+  }
+  try {
+    return run();
+  } catch (const loralab::Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
 }
