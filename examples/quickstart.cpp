@@ -56,13 +56,14 @@ void train_arm(const char* name, const Task& task, int steps) {
   const MatrixR<float> Y = layer.forward(task.X_eval, {.training = false});
   const float eval = (Y - task.X_eval * task.W_target.transpose()).squaredNorm() / float(Y.size());
   const auto mem = layer.memory(128);
-  std::printf("%-10s eval mse %.3e | trainable %6lld frozen %6lld | optimizer %7lld B | %.2fs\n", name,
-              eval, static_cast<long long>(mem.trainable_params),
+  std::printf("%-10s eval mse %.3e | trainable %6lld frozen %6lld | optimizer %7lld B | %.2fs\n",
+              name, eval, static_cast<long long>(mem.trainable_params),
               static_cast<long long>(mem.frozen_adapter_params),
               static_cast<long long>(mem.optimizer_state_bytes), secs);
   layer.merge();  // zero inference overhead: W now holds W + s B A
   const MatrixR<float> Y_merged = task.X_eval * W.transpose();
-  std::printf("%-10s merged vs unmerged max |diff| %.2e\n", name, (Y_merged - Y).cwiseAbs().maxCoeff());
+  std::printf("%-10s merged vs unmerged max |diff| %.2e\n", name,
+              (Y_merged - Y).cwiseAbs().maxCoeff());
 }
 
 }  // namespace
@@ -82,9 +83,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   //! [compose]
-  using Lora = loralab::Adapter<loralab::Rank<8>>;                           // plain LoRA
+  using Lora = loralab::Adapter<loralab::Rank<8>>;                             // plain LoRA
   using LoraSP = loralab::Adapter<loralab::Rank<8>, loralab::RandomMask<50>>;  // half frozen
-  using LoraFA = loralab::Adapter<loralab::FreezeA, loralab::Rank<8>>;       // order is free
+  using LoraFA = loralab::Adapter<loralab::FreezeA, loralab::Rank<8>>;         // order is free
   //! [compose]
   const Task task(64, 48);
   std::printf("loralab %s quickstart: fit a rank-4 update of a 48x64 layer, %d steps per arm\n",

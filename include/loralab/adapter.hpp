@@ -17,11 +17,11 @@ namespace loralab {
 /// \ingroup adapter
 /// \brief Run-time knobs of an adapter (everything that does not change code paths or storage).
 struct AdapterConfig {
-  int rank = 0;          ///< DynamicRank: the rank (0 means PEFT's default 8). Rank<r>: 0 or r.
-  double alpha = 8.0;    ///< LoRA alpha; the scale is alpha/r (or alpha/sqrt(r), rsLoRA). PEFT: 8
-  double dropout = 0.0;  ///< InputDropout rate p in [0, 1); ignored without InputDropout
-  std::uint64_t seed = 0;        ///< RNG seed for init, masks and dropout
-  std::uint32_t module_id = 0;   ///< distinguishes the random streams of adapters sharing a seed
+  int rank = 0;            ///< DynamicRank: the rank (0 means PEFT's default 8). Rank<r>: 0 or r.
+  double alpha = 8.0;      ///< LoRA alpha; the scale is alpha/r (or alpha/sqrt(r), rsLoRA). PEFT: 8
+  double dropout = 0.0;    ///< InputDropout rate p in [0, 1); ignored without InputDropout
+  std::uint64_t seed = 0;  ///< RNG seed for init, masks and dropout
+  std::uint32_t module_id = 0;  ///< distinguishes the random streams of adapters sharing a seed
   MaskSampling mask_sampling = MaskSampling::exact;  ///< how RandomMask draws its frozen set
   bool check_finite = true;  ///< throw on NaN/Inf in X (forward) and dL/dY (backward)
 };
@@ -68,11 +68,13 @@ class Adapter {
                 "loralab: Adapter<...> got two dropout policies (NoDropout, InputDropout)");
 
  public:
-  using rank = typename detail::pick<axes::rank, DynamicRank, Policies...>::type;        ///< rank axis
-  using freeze = typename detail::pick<axes::freeze, NoFreeze, Policies...>::type;       ///< freeze axis
-  using init = typename detail::pick<axes::init, KaimingUniformA, Policies...>::type;    ///< init axis
-  using scaling = typename detail::pick<axes::scaling, AlphaOverRank, Policies...>::type;  ///< scaling
-  using dropout = typename detail::pick<axes::dropout, NoDropout, Policies...>::type;    ///< dropout
+  using rank = typename detail::pick<axes::rank, DynamicRank, Policies...>::type;   ///< rank axis
+  using freeze = typename detail::pick<axes::freeze, NoFreeze, Policies...>::type;  ///< freeze axis
+  using init =
+      typename detail::pick<axes::init, KaimingUniformA, Policies...>::type;  ///< init axis
+  using scaling =
+      typename detail::pick<axes::scaling, AlphaOverRank, Policies...>::type;          ///< scaling
+  using dropout = typename detail::pick<axes::dropout, NoDropout, Policies...>::type;  ///< dropout
 
   static_assert(RankPolicy<rank>, "loralab: the rank policy lacks value/is_static (see rank.hpp)");
   static_assert(FreezePolicy<freeze>, "loralab: the freeze policy lacks has_mask/freezes_a");

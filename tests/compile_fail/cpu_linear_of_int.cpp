@@ -6,4 +6,6 @@ using Scalar = int;
 using Scalar = double;
 #endif
 using Layer = loralab::cpu::AdaptedLinear<loralab::Adapter<loralab::Rank<4>>, Scalar>;
-int main() { return sizeof(Layer) > 0 ? 0 : 1; }
+int main() {
+  return sizeof(Layer) > 0 ? 0 : 1;
+}

@@ -1,9 +1,12 @@
 // Must compile without LORALAB_SHOULD_FAIL and fail with it (see CMakeLists.txt).
 #include <loralab/adapter.hpp>
 #ifdef LORALAB_SHOULD_FAIL
-using Composed = loralab::Adapter<loralab::Freeze<loralab::Rank<8>>>;  // Rank is not a freeze policy
+using Composed =
+    loralab::Adapter<loralab::Freeze<loralab::Rank<8>>>;  // Rank is not a freeze policy
 #else
 using Composed = loralab::Adapter<loralab::Freeze<loralab::RandomMask<50>>>;
 #endif
 static_assert(Composed::rank::value >= 0);
-int main() { return 0; }
+int main() {
+  return 0;
+}

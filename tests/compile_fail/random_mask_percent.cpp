@@ -7,4 +7,6 @@ constexpr int kPercent = 100;
 #endif
 using Composed = loralab::Adapter<loralab::Rank<2>, loralab::RandomMask<kPercent>>;
 static_assert(Composed::freeze::frozen_percent == kPercent);
-int main() { return 0; }
+int main() {
+  return 0;
+}

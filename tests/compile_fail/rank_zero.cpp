@@ -7,4 +7,6 @@ constexpr int kRank = 1;
 #endif
 using Composed = loralab::Adapter<loralab::Rank<kRank>>;
 static_assert(Composed::rank::value == kRank);
-int main() { return 0; }
+int main() {
+  return 0;
+}

@@ -6,4 +6,6 @@ using Composed = loralab::Adapter<loralab::RandomMask<50>, loralab::Rank<4>, lor
 using Composed = loralab::Adapter<loralab::RandomMask<50>, loralab::Rank<4>>;
 #endif
 static_assert(Composed::freeze::has_mask);
-int main() { return 0; }
+int main() {
+  return 0;
+}

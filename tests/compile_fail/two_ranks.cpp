@@ -6,4 +6,6 @@ using Composed = loralab::Adapter<loralab::Rank<8>, loralab::DynamicRank>;
 using Composed = loralab::Adapter<loralab::Rank<8>>;
 #endif
 static_assert(Composed::rank::value >= 0);
-int main() { return 0; }
+int main() {
+  return 0;
+}

@@ -10,7 +10,8 @@
 TEST_CASE("LORALAB_CHECK throws loralab::Error with values and file:line") {
   const int r = 64, in = 32, out = 48;
   try {
-    LORALAB_CHECK(r <= in, "[loralab.shape] adapter rank ", r, " exceeds min(in=", in, ", out=", out, ")");
+    LORALAB_CHECK(r <= in, "[loralab.shape] adapter rank ", r, " exceeds min(in=", in,
+                  ", out=", out, ")");
     FAIL("no throw");
   } catch (const loralab::Error& e) {
     const std::string what = e.what();

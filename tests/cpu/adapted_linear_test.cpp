@@ -9,8 +9,8 @@
 #include <cstring>
 #include <limits>
 #include <string>
-#include <vector>
 #include <tuple>
+#include <vector>
 
 #include "loralab/cpu/adamw.hpp"
 #include "support/testing.hpp"
@@ -54,8 +54,8 @@ double loss(Layer& layer, const MatrixR<double>& X, const MatrixR<double>& G, Pa
 // must have gradient exactly 0.
 template <class Layer>
 void check_entries(Layer& layer, double* values, const double* grad, const std::uint8_t* mask,
-                   Eigen::Index count, const MatrixR<double>& X, const MatrixR<double>& G, Pass pass,
-                   const std::string& what) {
+                   Eigen::Index count, const MatrixR<double>& X, const MatrixR<double>& G,
+                   Pass pass, const std::string& what) {
   for (Eigen::Index i = 0; i < count; ++i) {
     if (mask && !mask[i]) {
       INFO(what << "[" << i << "] is frozen");
@@ -89,7 +89,7 @@ void gradient_check(const Shape& s, double dropout) {
   cpu::AdaptedLinear<Spec, double> layer(W, std::span<const double>(bias.data(), s.out),
                                          config_for<Spec>(s.rank, dropout));
   layer.B() = random_matrix<double>(s.out, s.rank, 5);  // B = 0 would make dA vanish
-  REQUIRE(X.norm() > 0);  // guard against a vacuous pass (CUTLASS's TensorNorm check)
+  REQUIRE(X.norm() > 0);     // guard against a vacuous pass (CUTLASS's TensorNorm check)
   const Pass pass{true, 7};  // fixed step: the same dropout mask in every forward
   layer.forward(X, pass);
   MatrixR<double> dX(s.n, s.in);
@@ -99,8 +99,8 @@ void gradient_check(const Shape& s, double dropout) {
   // Under FreezeA every entry of A is frozen: its gradient must be exactly 0.
   const std::vector<std::uint8_t> all_frozen(static_cast<std::size_t>(dA.size()), 0);
   const std::uint8_t* mask_a = Spec::freeze::freezes_a ? all_frozen.data()
-                               : has_mask             ? layer.mask_A().data()
-                                                      : nullptr;
+                               : has_mask              ? layer.mask_A().data()
+                                                       : nullptr;
   check_entries(layer, layer.A().data(), dA.data(), mask_a, dA.size(), X, G, pass, "dA");
   check_entries(layer, layer.B().data(), dB.data(), has_mask ? layer.mask_B().data() : nullptr,
                 dB.size(), X, G, pass, "dB");
@@ -120,9 +120,10 @@ void gradient_check(const Shape& s, double dropout) {
 
 }  // namespace
 
-using GradArms = std::tuple<Adapter<DynamicRank>, Adapter<DynamicRank, RandomMask<50>>,
-                            Adapter<DynamicRank, FreezeA>, Adapter<DynamicRank, RandomMask<30>, RsLoraScale>,
-                            Adapter<DynamicRank, GaussianA>>;
+using GradArms =
+    std::tuple<Adapter<DynamicRank>, Adapter<DynamicRank, RandomMask<50>>,
+               Adapter<DynamicRank, FreezeA>, Adapter<DynamicRank, RandomMask<30>, RsLoraScale>,
+               Adapter<DynamicRank, GaussianA>>;
 
 TEST_CASE_TEMPLATE_DEFINE("gradients match central finite differences (double)", Spec, grad_check) {
   for (const Shape& s : kShapes) {
@@ -135,7 +136,9 @@ TEST_CASE_TEMPLATE_DEFINE("gradients match central finite differences (double)",
 }
 TEST_CASE_TEMPLATE_APPLY(grad_check, GradArms);
 
-TEST_CASE("gradient check with a compile-time rank") { gradient_check<Adapter<Rank<2>>>({4, 5, 3, 2}, 0.0); }
+TEST_CASE("gradient check with a compile-time rank") {
+  gradient_check<Adapter<Rank<2>>>({4, 5, 3, 2}, 0.0);
+}
 
 // ---- invariants -----------------------------------------------------------------------------
 
@@ -153,8 +156,8 @@ TEST_CASE_TEMPLATE("zero-B adapter equals the base layer; dA = 0 at step 0 (1.11
   CHECK(layer.grad_B().cwiseAbs().maxCoeff() > T(0));
 }
 
-TEST_CASE_TEMPLATE("merge then forward equals the unmerged forward; unmerge recovers W (inv. 3, 4)", T,
-                   float, double) {
+TEST_CASE_TEMPLATE("merge then forward equals the unmerged forward; unmerge recovers W (inv. 3, 4)",
+                   T, float, double) {
   MatrixR<T> W = random_matrix<T>(24, 16, 1);
   const MatrixR<T> W0 = W, X = random_matrix<T>(10, 16, 2);
   AdapterConfig cfg;
@@ -166,7 +169,8 @@ TEST_CASE_TEMPLATE("merge then forward equals the unmerged forward; unmerge reco
   CHECK(layer.merged());
   CHECK((W - W0).norm() > 0);
   const MatrixR<T> merged = layer.forward(X, {.training = false});
-  LORALAB_CHECK_CLOSE(merged, unmerged, testing::Tolerance<T>::rel, testing::Tolerance<T>::abs * 10);
+  LORALAB_CHECK_CLOSE(merged, unmerged, testing::Tolerance<T>::rel,
+                      testing::Tolerance<T>::abs * 10);
   const MatrixR<T> plain = X * W.transpose();  // merged = the plain base layer with the new W
   LORALAB_CHECK_CLOSE(merged, plain, testing::Tolerance<T>::rel, testing::Tolerance<T>::abs);
   layer.unmerge();
@@ -189,7 +193,9 @@ TEST_CASE("doubling alpha doubles the branch exactly (inv. 6)") {
   CHECK(((b.forward(X) - base) - 2 * (a.forward(X) - base)).cwiseAbs().maxCoeff() <= 1e-15);
 }
 
-TEST_CASE("dropout: eval is deterministic, train masks follow the step, MC mean is the eval branch (inv. 8)") {
+TEST_CASE(
+    "dropout: eval is deterministic, train masks follow the step, MC mean is the eval branch (inv. "
+    "8)") {
   using Spec = Adapter<Rank<3>, InputDropout>;
   MatrixR<double> W = random_matrix<double>(5, 16, 1);
   const MatrixR<double> X = random_matrix<double>(4, 16, 2);
@@ -201,8 +207,8 @@ TEST_CASE("dropout: eval is deterministic, train masks follow the step, MC mean 
   const MatrixR<double> eval = layer.forward(X, {.training = false}) - base;
   CHECK((layer.forward(X, {.training = false}) - base - eval).norm() == 0.0);
   const MatrixR<double> s1 = layer.forward(X, {true, 1}), s1b = layer.forward(X, {true, 1});
-  CHECK((s1 - s1b).norm() == 0.0);                          // same step, same mask
-  CHECK((s1 - layer.forward(X, {true, 2})).norm() > 0.0);   // another step, another mask
+  CHECK((s1 - s1b).norm() == 0.0);                         // same step, same mask
+  CHECK((s1 - layer.forward(X, {true, 2})).norm() > 0.0);  // another step, another mask
   MatrixR<double> mean = MatrixR<double>::Zero(4, 5);
   const int passes = 4000;
   for (int k = 0; k < passes; ++k) mean += layer.forward(X, {true, std::uint64_t(k)}) - base;
@@ -210,11 +216,13 @@ TEST_CASE("dropout: eval is deterministic, train masks follow the step, MC mean 
   CHECK((mean - eval).cwiseAbs().mean() < 0.05 * eval.cwiseAbs().mean());
 }
 
-TEST_CASE_TEMPLATE("frozen entries are bit-identical after 100 AdamW steps; frozen B stays 0 (2.7 inv. 1, 2)", T,
-                   float, double) {
+TEST_CASE_TEMPLATE(
+    "frozen entries are bit-identical after 100 AdamW steps; frozen B stays 0 (2.7 inv. 1, 2)", T,
+    float, double) {
   MatrixR<T> W = random_matrix<T>(20, 30, 1);
   cpu::AdaptedLinear<LoraSP<6>, T> layer(W);
-  const std::vector<T> before(layer.A().data(), layer.A().data() + layer.A().size() + layer.B().size());
+  const std::vector<T> before(layer.A().data(),
+                              layer.A().data() + layer.A().size() + layer.B().size());
   cpu::AdamW<T> opt(layer.parameters(), {.lr = 0.05, .weight_decay = 0.1});
   for (int step = 0; step < 100; ++step) {
     const MatrixR<T> X = random_matrix<T>(8, 30, 100 + step);
@@ -236,13 +244,16 @@ TEST_CASE_TEMPLATE("frozen entries are bit-identical after 100 AdamW steps; froz
     }
   }
   CHECK(frozen > 0);
-  CHECK(moved == std::count(mask.begin(), mask.end(), std::uint8_t{1}));  // every trainable entry moved
+  CHECK(moved ==
+        std::count(mask.begin(), mask.end(), std::uint8_t{1}));  // every trainable entry moved
   CHECK(opt.state_bytes() == layer.memory(8).optimizer_state_bytes);
 }
 
 // ---- masks -----------------------------------------------------------------------------------
 
-TEST_CASE("LoRA-SP masks: exact counts, deterministic by seed and module, Bernoulli fraction (2.7 inv. 3, 4)") {
+TEST_CASE(
+    "LoRA-SP masks: exact counts, deterministic by seed and module, Bernoulli fraction (2.7 inv. "
+    "3, 4)") {
   MatrixR<float> W = random_matrix<float>(33, 41, 1);
   AdapterConfig cfg;
   cfg.seed = 5;
@@ -323,17 +334,19 @@ TEST_CASE("bad input gives a clear error and writes nothing") {
   MatrixR<float> X = random_matrix<float>(5, 32, 2);
   MatrixR<float> Y = MatrixR<float>::Constant(5, 48, 42.0f);
   MatrixR<float> wrong = random_matrix<float>(5, 31, 3);
-  CHECK_THROWS_WITH_AS(layer.forward(wrong, Y), doctest::Contains("X has 31 columns, the layer expects in=32"),
-                       Error);
+  CHECK_THROWS_WITH_AS(layer.forward(wrong, Y),
+                       doctest::Contains("X has 31 columns, the layer expects in=32"), Error);
   MatrixR<float> Ybad(5, 47);
-  CHECK_THROWS_WITH_AS(layer.forward(X, Ybad), doctest::Contains("Y is [5 x 47], expected [5 x 48]"), Error);
+  CHECK_THROWS_WITH_AS(layer.forward(X, Ybad),
+                       doctest::Contains("Y is [5 x 47], expected [5 x 48]"), Error);
   CHECK_THROWS_WITH_AS(layer.backward(X, MatrixR<float>::Zero(5, 48)),
                        doctest::Contains("backward without a preceding forward"), Error);
 
   // NaN in the input: documented choice is to throw (check_finite = true, the default), naming
   // the position, before anything is written; with check_finite = false the NaN propagates.
   X(2, 3) = std::numeric_limits<float>::quiet_NaN();
-  CHECK_THROWS_WITH_AS(layer.forward(X, Y), doctest::Contains("non-finite value nan in forward input X at (2, 3)"),
+  CHECK_THROWS_WITH_AS(layer.forward(X, Y),
+                       doctest::Contains("non-finite value nan in forward input X at (2, 3)"),
                        Error);
   CHECK((Y.array() == 42.0f).all());
   AdapterConfig propagate;
@@ -349,8 +362,8 @@ TEST_CASE("bad input gives a clear error and writes nothing") {
   GY(0, 0) = std::numeric_limits<float>::infinity();
   CHECK_THROWS_WITH_AS(layer.backward(X, GY), doctest::Contains("backward input dL/dY"), Error);
   CHECK(layer.grad_B().cwiseAbs().maxCoeff() == 0.0f);  // nothing accumulated
-  CHECK_THROWS_WITH_AS(layer.backward(X.topRows(4), GY.topRows(4)), doctest::Contains("forward saw [5 x 32]"),
-                       Error);
+  CHECK_THROWS_WITH_AS(layer.backward(X.topRows(4), GY.topRows(4)),
+                       doctest::Contains("forward saw [5 x 32]"), Error);
 
   // A merge that would overflow leaves W untouched.
   layer.B().setConstant(3e38f);

@@ -27,7 +27,9 @@ __global__ void words_kernel(std::uint64_t seed, std::uint64_t stream, std::uint
 int run() {
   // Random123 kat_vectors, philox4x32 10: counter, key, expected.
   const std::vector<loralab::Philox4x32Block> ctr = {
-      {{0, 0, 0, 0}}, {{~0u, ~0u, ~0u, ~0u}}, {{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}};
+      {{0, 0, 0, 0}},
+      {{~0u, ~0u, ~0u, ~0u}},
+      {{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}};
   const std::vector<std::uint32_t> key = {0, 0, ~0u, ~0u, 0xa4093822u, 0x299f31d0u};
   const std::uint32_t expected[3][4] = {{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u},
                                         {0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu},
@@ -37,17 +39,21 @@ int run() {
   LORALAB_CUDA_CHECK(cudaMalloc(&d_ctr, 3 * sizeof(loralab::Philox4x32Block)));
   LORALAB_CUDA_CHECK(cudaMalloc(&d_out, 3 * sizeof(loralab::Philox4x32Block)));
   LORALAB_CUDA_CHECK(cudaMalloc(&d_key, 6 * sizeof(std::uint32_t)));
-  LORALAB_CUDA_CHECK(cudaMemcpy(d_ctr, ctr.data(), 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyHostToDevice));
-  LORALAB_CUDA_CHECK(cudaMemcpy(d_key, key.data(), 6 * sizeof(std::uint32_t), cudaMemcpyHostToDevice));
+  LORALAB_CUDA_CHECK(
+      cudaMemcpy(d_ctr, ctr.data(), 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyHostToDevice));
+  LORALAB_CUDA_CHECK(
+      cudaMemcpy(d_key, key.data(), 6 * sizeof(std::uint32_t), cudaMemcpyHostToDevice));
   philox_kernel<<<1, 32>>>(d_ctr, d_key, d_out, 3);
   LORALAB_CUDA_CHECK(cudaGetLastError());
   std::vector<loralab::Philox4x32Block> out(3);
-  LORALAB_CUDA_CHECK(cudaMemcpy(out.data(), d_out, 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyDeviceToHost));
+  LORALAB_CUDA_CHECK(
+      cudaMemcpy(out.data(), d_out, 3 * sizeof(loralab::Philox4x32Block), cudaMemcpyDeviceToHost));
   int failures = 0;
   for (int k = 0; k < 3; ++k)
     for (int w = 0; w < 4; ++w)
       if (out[k].v[w] != expected[k][w]) {
-        std::printf("KAT %d word %d: device %08x, expected %08x\n", k, w, out[k].v[w], expected[k][w]);
+        std::printf("KAT %d word %d: device %08x, expected %08x\n", k, w, out[k].v[w],
+                    expected[k][w]);
         ++failures;
       }
 
@@ -59,9 +65,11 @@ int run() {
   words_kernel<<<(n + 255) / 256, 256>>>(seed, stream, d_words, n);
   LORALAB_CUDA_CHECK(cudaGetLastError());
   std::vector<std::uint32_t> words(n);
-  LORALAB_CUDA_CHECK(cudaMemcpy(words.data(), d_words, n * sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
+  LORALAB_CUDA_CHECK(
+      cudaMemcpy(words.data(), d_words, n * sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
   for (int i = 0; i < n; ++i)
-    if (words[i] != loralab::philox_word(seed, stream, static_cast<std::uint64_t>(i)) && failures++ < 10)
+    if (words[i] != loralab::philox_word(seed, stream, static_cast<std::uint64_t>(i)) &&
+        failures++ < 10)
       std::printf("stream word %d differs between device and host\n", i);
   cudaFree(d_ctr);
   cudaFree(d_out);

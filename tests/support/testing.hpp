@@ -30,7 +30,8 @@ struct Tolerance<double> {
 /// Max over entries of |a - b| / (abs + |b|): <= 1 means every entry is within abs + rel |b|.
 /// Reports the first offending entry in `where`.
 template <class A, class B>
-double max_scaled_error(const A& a, const B& b, double rel, double abs, std::string* where = nullptr) {
+double max_scaled_error(const A& a, const B& b, double rel, double abs,
+                        std::string* where = nullptr) {
   REQUIRE(a.rows() == b.rows());
   REQUIRE(a.cols() == b.cols());
   double worst = 0;
@@ -51,12 +52,12 @@ double max_scaled_error(const A& a, const B& b, double rel, double abs, std::str
 }
 
 /// CHECKs that a and b agree within abs + rel |b| entry-wise, printing the worst entry if not.
-#define LORALAB_CHECK_CLOSE(a, b, rel, abs)                                               \
-  do {                                                                                    \
-    std::string where_;                                                                   \
+#define LORALAB_CHECK_CLOSE(a, b, rel, abs)                                                    \
+  do {                                                                                         \
+    std::string where_;                                                                        \
     const double err_ = ::loralab::testing::max_scaled_error((a), (b), (rel), (abs), &where_); \
-    INFO("worst entry " << where_);                                                       \
-    CHECK(err_ <= 1.0);                                                                   \
+    INFO("worst entry " << where_);                                                            \
+    CHECK(err_ <= 1.0);                                                                        \
   } while (false)
 
 }  // namespace loralab::testing

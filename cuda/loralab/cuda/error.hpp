@@ -1,6 +1,7 @@
 /// \file
 /// \brief Turns every CUDA runtime status into a `loralab::Error` that names the failed call
-/// (llm.c's cudaCheck, made library-safe: it throws instead of exiting). Host code; g++ can read it.
+/// (llm.c's cudaCheck, made library-safe: it throws instead of exiting). Host code; g++ can read
+/// it.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -14,8 +15,9 @@ namespace loralab::cuda {
 /// cudaSuccess.
 inline void check_cuda(cudaError_t status, const char* call, const char* file, int line) {
   if (status != cudaSuccess)
-    detail::throw_error(file, line, "[loralab.cuda] ", call, " failed: ", cudaGetErrorString(status), " (",
-                        cudaGetErrorName(status), ")");
+    detail::throw_error(file, line, "[loralab.cuda] ", call,
+                        " failed: ", cudaGetErrorString(status), " (", cudaGetErrorName(status),
+                        ")");
 }
 
 /// \ingroup cuda

@@ -25,8 +25,7 @@ struct MemoryReport {
 
   /// \brief Sum of every byte category (activations included).
   [[nodiscard]] std::int64_t total_bytes() const {
-    return parameter_bytes + gradient_bytes + optimizer_state_bytes + mask_bytes +
-           activation_bytes;
+    return parameter_bytes + gradient_bytes + optimizer_state_bytes + mask_bytes + activation_bytes;
   }
 
   /// \brief Element-wise sum, for totals over many adapters.

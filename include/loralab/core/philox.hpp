@@ -52,12 +52,12 @@ LORALAB_HOST_DEVICE Philox4x32Block philox4x32_10(Philox4x32Block ctr, std::uint
 /// \ingroup core
 /// \brief What a random stream is used for; the top byte of a stream id.
 enum class RngPurpose : std::uint8_t {
-  init_a = 1,        ///< initial values of A
-  init_b = 2,        ///< initial values of B (non-zero inits only)
-  freeze_mask_a = 3, ///< LoRA-SP mask of A
-  freeze_mask_b = 4, ///< LoRA-SP mask of B
-  input_dropout = 5, ///< dropout on the adapter input, keyed by step
-  user = 255,        ///< free for user code and tests
+  init_a = 1,         ///< initial values of A
+  init_b = 2,         ///< initial values of B (non-zero inits only)
+  freeze_mask_a = 3,  ///< LoRA-SP mask of A
+  freeze_mask_b = 4,  ///< LoRA-SP mask of B
+  input_dropout = 5,  ///< dropout on the adapter input, keyed by step
+  user = 255,         ///< free for user code and tests
 };
 
 /// \ingroup core
@@ -75,7 +75,8 @@ LORALAB_HOST_DEVICE Philox4x32Block philox_block(std::uint64_t seed, std::uint64
                                                  std::uint64_t block) {
   return philox4x32_10(
       Philox4x32Block{{static_cast<std::uint32_t>(block), static_cast<std::uint32_t>(block >> 32),
-                       static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32)}},
+                       static_cast<std::uint32_t>(stream),
+                       static_cast<std::uint32_t>(stream >> 32)}},
       static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32));
 }
 

@@ -51,15 +51,16 @@ class AdaptedLinear {
   static constexpr bool kHasDropout = Spec::dropout::has_input_dropout;
 
  public:
-  using spec = Spec;    ///< the composed adapter type
-  using scalar = T;     ///< element type
+  using spec = Spec;           ///< the composed adapter type
+  using scalar = T;            ///< element type
   using Index = Eigen::Index;  ///< Eigen's index type
 
   /// \brief Wraps `weight` [out x in] and optional `bias` [out]; draws A, B (and masks) from the
   /// seed. \throws Error on a rank outside [1, min(in, out)], a bias of the wrong length, a
   /// dropout rate outside [0, 1), or alpha that is not finite.
   AdaptedLinear(MatrixRef<T> weight, std::span<const T> bias = {}, const AdapterConfig& cfg = {})
-      : weight_(weight.data(), weight.rows(), weight.cols(), Eigen::OuterStride<>(weight.outerStride())),
+      : weight_(weight.data(), weight.rows(), weight.cols(),
+                Eigen::OuterStride<>(weight.outerStride())),
         bias_(bias),
         cfg_(cfg),
         rank_(Spec::rank_for(cfg)) {
@@ -67,8 +68,9 @@ class AdaptedLinear {
     LORALAB_CHECK(in > 0 && out > 0, "[loralab.shape] base weight must be non-empty, got [", out,
                   " x ", in, "]");
     if constexpr (Spec::rank::is_static) {
-      LORALAB_CHECK(cfg.rank == 0 || cfg.rank == rank_, "[loralab.config] AdapterConfig::rank=",
-                    cfg.rank, " contradicts the compile-time Rank<", rank_, ">");
+      LORALAB_CHECK(cfg.rank == 0 || cfg.rank == rank_,
+                    "[loralab.config] AdapterConfig::rank=", cfg.rank,
+                    " contradicts the compile-time Rank<", rank_, ">");
     }
     LORALAB_CHECK(rank_ >= 1, "[loralab.shape] adapter rank must be >= 1, got ", rank_);
     LORALAB_CHECK(rank_ <= std::min(in, out), "[loralab.shape] adapter rank ", rank_,
@@ -122,17 +124,20 @@ class AdaptedLinear {
   std::span<const std::uint8_t> mask() const { return mask_; }
   /// \brief The mask of A [r x in], row-major; empty without a mask.
   std::span<const std::uint8_t> mask_A() const {
-    return kHasMask ? std::span<const std::uint8_t>(mask_).first(a_size()) : std::span<const std::uint8_t>{};
+    return kHasMask ? std::span<const std::uint8_t>(mask_).first(a_size())
+                    : std::span<const std::uint8_t>{};
   }
   /// \brief The mask of B [out x r], row-major; empty without a mask.
   std::span<const std::uint8_t> mask_B() const {
-    return kHasMask ? std::span<const std::uint8_t>(mask_).subspan(a_size()) : std::span<const std::uint8_t>{};
+    return kHasMask ? std::span<const std::uint8_t>(mask_).subspan(a_size())
+                    : std::span<const std::uint8_t>{};
   }
   /// \brief The tensors an optimizer updates: A and B with their mask, or B alone under FreezeA.
   std::vector<ParamTensor<T>> parameters() {
     if constexpr (kFreezeA) {
       return {ParamTensor<T>{std::span<T>(params_).subspan(a_size()),
-                             std::span<const T>(grads_).subspan(a_size()), {}}};
+                             std::span<const T>(grads_).subspan(a_size()),
+                             {}}};
     } else {
       return {ParamTensor<T>{params_, grads_, mask_}};
     }
@@ -147,7 +152,8 @@ class AdaptedLinear {
     const std::uint64_t init_stream = make_stream(RngPurpose::init_a, module, 0);
     T* a = params_.data();
     if constexpr (Spec::init::gaussian) {
-      for (Index i = 0; i < a_size(); ++i) a[i] = normal_element<T>(seed, init_stream, i, 1.0 / rank_);
+      for (Index i = 0; i < a_size(); ++i)
+        a[i] = normal_element<T>(seed, init_stream, i, 1.0 / rank_);
     } else {
       const double bound = 1.0 / std::sqrt(static_cast<double>(in_features()));
       for (Index i = 0; i < a_size(); ++i)
@@ -157,8 +163,8 @@ class AdaptedLinear {
     if constexpr (kHasMask) {
       constexpr int pct = freeze_policy::frozen_percent;
       std::span<std::uint8_t> m(mask_);
-      fill_random_mask(m.first(a_size()), seed, make_stream(RngPurpose::freeze_mask_a, module, 0), pct,
-                       cfg_.mask_sampling);
+      fill_random_mask(m.first(a_size()), seed, make_stream(RngPurpose::freeze_mask_a, module, 0),
+                       pct, cfg_.mask_sampling);
       fill_random_mask(m.subspan(a_size()), seed, make_stream(RngPurpose::freeze_mask_b, module, 0),
                        pct, cfg_.mask_sampling);
     }
@@ -173,11 +179,14 @@ class AdaptedLinear {
   void forward(ConstMatrixRef<T> X, MatrixRef<T> Y, Pass pass = {}) {
     LORALAB_CHECK(X.cols() == in_features(), "[loralab.shape] forward: X has ", X.cols(),
                   " columns, the layer expects in=", in_features());
-    LORALAB_CHECK(Y.rows() == X.rows() && Y.cols() == out_features(), "[loralab.shape] forward: Y is [",
-                  Y.rows(), " x ", Y.cols(), "], expected [", X.rows(), " x ", out_features(), "]");
+    LORALAB_CHECK(Y.rows() == X.rows() && Y.cols() == out_features(),
+                  "[loralab.shape] forward: Y is [", Y.rows(), " x ", Y.cols(), "], expected [",
+                  X.rows(), " x ", out_features(), "]");
     if (cfg_.check_finite) require_finite(X, "forward input X");
     Y.noalias() = X * weight_.transpose();
-    if (!bias_.empty()) Y.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias_.data(), out_features());
+    if (!bias_.empty())
+      Y.rowwise() +=
+          Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias_.data(), out_features());
     last_pass_ = pass;
     saved_rows_ = -1;
     if (merged_) return;
@@ -204,8 +213,9 @@ class AdaptedLinear {
 
   /// \brief Accumulates dA, dB and writes dX [n x in] = dL/dX.
   void backward(ConstMatrixRef<T> X, ConstMatrixRef<T> GY, MatrixRef<T> dX) {
-    LORALAB_CHECK(dX.rows() == X.rows() && dX.cols() == in_features(), "[loralab.shape] backward: dX is [",
-                  dX.rows(), " x ", dX.cols(), "], expected [", X.rows(), " x ", in_features(), "]");
+    LORALAB_CHECK(dX.rows() == X.rows() && dX.cols() == in_features(),
+                  "[loralab.shape] backward: dX is [", dX.rows(), " x ", dX.cols(), "], expected [",
+                  X.rows(), " x ", in_features(), "]");
     backward_impl(X, GY, &dX);
   }
 
@@ -215,7 +225,8 @@ class AdaptedLinear {
     if (merged_) return;
     MatrixR<T> updated = weight_;
     updated.noalias() += scale_ * (B() * A());
-    LORALAB_CHECK(all_finite(updated), "[loralab.numeric] merge would write non-finite values into W");
+    LORALAB_CHECK(all_finite(updated),
+                  "[loralab.numeric] merge would write non-finite values into W");
     weight_ = updated;
     merged_ = true;
   }
@@ -241,8 +252,10 @@ class AdaptedLinear {
     m.gradient_bytes = std::int64_t(grads_.size()) * std::int64_t(sizeof(T));
     m.optimizer_state_bytes = 2 * trainable * std::int64_t(sizeof(T));
     m.mask_bytes = std::int64_t(mask_.size());
-    m.saved_input_bytes = kFreezeA ? 0 : std::int64_t(tokens) * in_features() * std::int64_t(sizeof(T));
-    m.activation_bytes = std::int64_t(tokens) * rank_ * std::int64_t(sizeof(T)) + m.saved_input_bytes;
+    m.saved_input_bytes =
+        kFreezeA ? 0 : std::int64_t(tokens) * in_features() * std::int64_t(sizeof(T));
+    m.activation_bytes =
+        std::int64_t(tokens) * rank_ * std::int64_t(sizeof(T)) + m.saved_input_bytes;
     return m;
   }
 
@@ -258,15 +271,16 @@ class AdaptedLinear {
     if (all_finite(mat)) return;
     for (Index i = 0; i < mat.rows(); ++i)
       for (Index j = 0; j < mat.cols(); ++j)
-        LORALAB_CHECK(std::isfinite(mat(i, j)), "[loralab.numeric] non-finite value ", mat(i, j), " in ",
-                      what, " at (", i, ", ", j, "); set AdapterConfig::check_finite=false to propagate");
+        LORALAB_CHECK(std::isfinite(mat(i, j)), "[loralab.numeric] non-finite value ", mat(i, j),
+                      " in ", what, " at (", i, ", ", j,
+                      "); set AdapterConfig::check_finite=false to propagate");
   }
 
   // out = X .* D / (1-p), with D regenerated from (seed, module, step): no mask is stored.
   void apply_input_dropout(ConstMatrixRef<T> X, std::uint64_t step, MatrixR<T>& out) const {
     out.resize(X.rows(), X.cols());
-    const std::uint64_t stream = make_stream(RngPurpose::input_dropout, cfg_.module_id,
-                                             static_cast<std::uint32_t>(step));
+    const std::uint64_t stream =
+        make_stream(RngPurpose::input_dropout, cfg_.module_id, static_cast<std::uint32_t>(step));
     const std::uint32_t threshold = drop_threshold(cfg_.dropout);
     const T keep_scale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
     const Index cols = X.cols();
@@ -285,12 +299,15 @@ class AdaptedLinear {
   }
 
   void backward_impl(ConstMatrixRef<T> X, ConstMatrixRef<T> GY, MatrixRef<T>* dX) {
-    LORALAB_CHECK(!merged_, "[loralab.state] backward on a merged adapter: unmerge() before training");
+    LORALAB_CHECK(!merged_,
+                  "[loralab.state] backward on a merged adapter: unmerge() before training");
     LORALAB_CHECK(saved_rows_ >= 0, "[loralab.state] backward without a preceding forward");
-    LORALAB_CHECK(X.rows() == saved_rows_ && X.cols() == in_features(), "[loralab.shape] backward: X is [",
-                  X.rows(), " x ", X.cols(), "], forward saw [", saved_rows_, " x ", in_features(), "]");
-    LORALAB_CHECK(GY.rows() == X.rows() && GY.cols() == out_features(), "[loralab.shape] backward: dY is [",
-                  GY.rows(), " x ", GY.cols(), "], expected [", X.rows(), " x ", out_features(), "]");
+    LORALAB_CHECK(X.rows() == saved_rows_ && X.cols() == in_features(),
+                  "[loralab.shape] backward: X is [", X.rows(), " x ", X.cols(), "], forward saw [",
+                  saved_rows_, " x ", in_features(), "]");
+    LORALAB_CHECK(GY.rows() == X.rows() && GY.cols() == out_features(),
+                  "[loralab.shape] backward: dY is [", GY.rows(), " x ", GY.cols(), "], expected [",
+                  X.rows(), " x ", out_features(), "]");
     if (cfg_.check_finite) require_finite(GY, "backward input dL/dY");
     const bool dropout = dropout_active(last_pass_);
     GU_.resize(X.rows(), rank_);
@@ -323,17 +340,17 @@ class AdaptedLinear {
   }
 
   Eigen::Map<MatrixR<T>, 0, Eigen::OuterStride<>> weight_;  // [out x in], caller-owned
-  std::span<const T> bias_;                                  // [out] or empty, caller-owned
+  std::span<const T> bias_;                                 // [out] or empty, caller-owned
   AdapterConfig cfg_;
   int rank_;
   T scale_{};
   bool merged_ = false;
-  std::vector<T> params_;            // A [r x in] then B [out x r]
-  std::vector<T> grads_;             // same layout
-  std::vector<std::uint8_t> mask_;   // same layout; 1 = trainable
-  MatrixR<T> U_;                     // [n x r] saved drop(X) A^T
-  MatrixR<T> GU_;                    // [n x r] workspace
-  MatrixR<T> H_;                     // [n x in] workspace for dropout
+  std::vector<T> params_;           // A [r x in] then B [out x r]
+  std::vector<T> grads_;            // same layout
+  std::vector<std::uint8_t> mask_;  // same layout; 1 = trainable
+  MatrixR<T> U_;                    // [n x r] saved drop(X) A^T
+  MatrixR<T> GU_;                   // [n x r] workspace
+  MatrixR<T> H_;                    // [n x in] workspace for dropout
   Pass last_pass_{};
   Index saved_rows_ = -1;
 };

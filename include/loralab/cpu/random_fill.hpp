@@ -71,8 +71,7 @@ inline void fill_random_mask(std::span<std::uint8_t> mask, std::uint64_t seed, s
     const std::uint32_t threshold =
         frozen_percent >= 100 ? 0xFFFFFFFFu : drop_threshold(frozen_percent / 100.0);
     for (std::int64_t i = 0; i < n; ++i) {
-      const bool frozen =
-          frozen_percent >= 100 || philox_block(seed, stream, i).v[0] < threshold;
+      const bool frozen = frozen_percent >= 100 || philox_block(seed, stream, i).v[0] < threshold;
       mask[i] = frozen ? 0 : 1;
     }
     return;

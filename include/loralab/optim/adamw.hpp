@@ -22,13 +22,13 @@ struct AdamWConfig {
 /// \ingroup optim
 /// \brief Per-step scalars of AdamW, computed once on the host for step t (1-based).
 struct AdamWStepCoefficients {
-  double lr = 0;                   ///< learning rate of this step
-  double decay = 1;                ///< 1 - lr * weight_decay
-  double beta1 = 0;                ///< first-moment decay
-  double beta2 = 0;                ///< second-moment decay
-  double step_size = 0;            ///< lr / (1 - beta1^t)
-  double sqrt_bc2 = 1;             ///< sqrt(1 - beta2^t)
-  double eps = 0;                  ///< epsilon
+  double lr = 0;         ///< learning rate of this step
+  double decay = 1;      ///< 1 - lr * weight_decay
+  double beta1 = 0;      ///< first-moment decay
+  double beta2 = 0;      ///< second-moment decay
+  double step_size = 0;  ///< lr / (1 - beta1^t)
+  double sqrt_bc2 = 1;   ///< sqrt(1 - beta2^t)
+  double eps = 0;        ///< epsilon
 
   /// \brief Coefficients of step t >= 1 under `cfg` with learning rate `lr`.
   static AdamWStepCoefficients make(const AdamWConfig& cfg, double lr, std::int64_t t) {
@@ -49,7 +49,8 @@ struct AdamWStepCoefficients {
 /// path) uses (m via lerp, denominator sqrt(v)/sqrt(1-beta2^t) + eps):
 /// \f[ p \leftarrow p(1-\eta\lambda);\; m \leftarrow m + (1-\beta_1)(g - m);\;
 ///     v \leftarrow \beta_2 v + (1-\beta_2) g^2;\;
-///     p \leftarrow p - \frac{\eta}{1-\beta_1^t} \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon} \f]
+///     p \leftarrow p - \frac{\eta}{1-\beta_1^t} \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+///     \f]
 /// Called only for trainable entries; a frozen entry is never touched (not even by decay).
 template <class T>
 LORALAB_HOST_DEVICE void adamw_update(T& p, T g, T& m, T& v, const AdamWStepCoefficients& c) {

@@ -12,9 +12,9 @@ namespace loralab {
 /// (1 = trainable, 0 = frozen; empty = all trainable). The storage belongs to the adapter.
 template <class T>
 struct ParamTensor {
-  std::span<T> value;                 ///< parameters, updated in place
-  std::span<const T> grad;            ///< dL/dvalue
-  std::span<const std::uint8_t> mask; ///< empty, or one byte per entry
+  std::span<T> value;                  ///< parameters, updated in place
+  std::span<const T> grad;             ///< dL/dvalue
+  std::span<const std::uint8_t> mask;  ///< empty, or one byte per entry
 };
 
 }  // namespace loralab

@@ -20,7 +20,10 @@ namespace detail {
 
 /// True when P names `Axis` as its axis. A type without `::axis` is simply "not on the axis".
 template <class P, class Axis>
-concept OnAxis = requires { typename P::axis; } && std::same_as<typename P::axis, Axis>;
+concept OnAxis = requires {
+  typename P::axis;
+}
+&&std::same_as<typename P::axis, Axis>;
 
 /// Number of policies in `Ps...` that sit on `Axis`.
 template <class Axis, class... Ps>
@@ -44,8 +47,7 @@ inline constexpr bool dependent_false = false;
 /// \ingroup adapter
 /// \brief A type that names one of loralab's adapter axes.
 template <class P>
-concept KnownPolicy =
-    detail::OnAxis<P, axes::rank> || detail::OnAxis<P, axes::freeze> ||
+concept KnownPolicy = detail::OnAxis<P, axes::rank> || detail::OnAxis<P, axes::freeze> ||
     detail::OnAxis<P, axes::init> || detail::OnAxis<P, axes::scaling> ||
     detail::OnAxis<P, axes::dropout>;
 

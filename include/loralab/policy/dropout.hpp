@@ -9,7 +9,7 @@ namespace loralab {
 /// \ingroup dropout
 /// \brief No dropout in the adapter (PEFT's `lora_dropout=0`).
 struct NoDropout {
-  using axis = axes::dropout;  ///< the axis this policy sits on
+  using axis = axes::dropout;                       ///< the axis this policy sits on
   static constexpr bool has_input_dropout = false;  ///< drops the branch input
 };
 
@@ -20,7 +20,7 @@ struct NoDropout {
 /// backward regenerates it instead of storing it.
 /// \sa methods.md section 1.3.
 struct InputDropout {
-  using axis = axes::dropout;  ///< the axis this policy sits on
+  using axis = axes::dropout;                      ///< the axis this policy sits on
   static constexpr bool has_input_dropout = true;  ///< drops the branch input
 };
 

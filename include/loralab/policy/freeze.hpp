@@ -11,9 +11,9 @@ namespace loralab {
 /// \ingroup freeze
 /// \brief Plain LoRA: every entry of A and B is trainable.
 struct NoFreeze {
-  using axis = axes::freeze;  ///< the axis this policy sits on
-  static constexpr bool has_mask = false;  ///< keeps per-entry masks for A and B
-  static constexpr bool freezes_a = false; ///< A is frozen as a whole
+  using axis = axes::freeze;                ///< the axis this policy sits on
+  static constexpr bool has_mask = false;   ///< keeps per-entry masks for A and B
+  static constexpr bool freezes_a = false;  ///< A is frozen as a whole
 };
 
 /// \ingroup freeze
@@ -28,10 +28,11 @@ struct NoFreeze {
 /// \sa methods.md section 2.2, docs/choices.md.
 template <int Percent = 50>
 struct RandomMask {
-  static_assert(Percent >= 0 && Percent <= 100, "loralab: RandomMask<Percent> needs 0 <= Percent <= 100");
-  using axis = axes::freeze;  ///< the axis this policy sits on
-  static constexpr bool has_mask = true;  ///< keeps per-entry masks for A and B
-  static constexpr bool freezes_a = false;  ///< A is frozen as a whole
+  static_assert(Percent >= 0 && Percent <= 100,
+                "loralab: RandomMask<Percent> needs 0 <= Percent <= 100");
+  using axis = axes::freeze;                      ///< the axis this policy sits on
+  static constexpr bool has_mask = true;          ///< keeps per-entry masks for A and B
+  static constexpr bool freezes_a = false;        ///< A is frozen as a whole
   static constexpr int frozen_percent = Percent;  ///< share of frozen entries, in percent
 };
 
@@ -39,7 +40,7 @@ struct RandomMask {
 /// \brief All of A frozen at its initial value, only B trains (LoRA-FA style). Saves the dA GEMM
 /// and the need to keep the input X for backward.
 struct FreezeA {
-  using axis = axes::freeze;  ///< the axis this policy sits on
+  using axis = axes::freeze;               ///< the axis this policy sits on
   static constexpr bool has_mask = false;  ///< keeps per-entry masks for A and B
   static constexpr bool freezes_a = true;  ///< A is frozen as a whole
 };
@@ -61,7 +62,7 @@ using Freeze = P;
 /// \ingroup freeze
 /// \brief How a RandomMask draws its frozen set (a run-time knob, AdapterConfig::mask_sampling).
 enum class MaskSampling {
-  exact,      ///< exactly floor(n * Percent / 100) frozen entries per matrix (default, methods.md 2.2)
+  exact,  ///< exactly floor(n * Percent / 100) frozen entries per matrix (default, methods.md 2.2)
   bernoulli,  ///< each entry frozen independently with probability Percent / 100
 };
 

@@ -12,7 +12,7 @@ namespace loralab {
 /// equals the base layer at step 0.
 /// \sa methods.md section 1.2.
 struct KaimingUniformA {
-  using axis = axes::init;  ///< the axis this policy sits on
+  using axis = axes::init;                 ///< the axis this policy sits on
   static constexpr bool gaussian = false;  ///< A drawn from a normal, not a uniform
 };
 
@@ -20,7 +20,7 @@ struct KaimingUniformA {
 /// \brief PEFT's `"gaussian"` init: \f$ A_{ij} \sim N(0, (1/r)^2) \f$, B = 0.
 /// \sa methods.md section 1.2.
 struct GaussianA {
-  using axis = axes::init;  ///< the axis this policy sits on
+  using axis = axes::init;                ///< the axis this policy sits on
   static constexpr bool gaussian = true;  ///< A drawn from a normal, not a uniform
 };
 

@@ -15,17 +15,18 @@ namespace loralab {
 /// \sa methods.md section 1.
 template <int R>
 struct Rank {
-  static_assert(R >= 1, "loralab: Rank<R> needs R >= 1 (use DynamicRank to pick the rank at run time)");
-  using axis = axes::rank;  ///< the axis this policy sits on
-  static constexpr int value = R;  ///< the rank
+  static_assert(R >= 1,
+                "loralab: Rank<R> needs R >= 1 (use DynamicRank to pick the rank at run time)");
+  using axis = axes::rank;                 ///< the axis this policy sits on
+  static constexpr int value = R;          ///< the rank
   static constexpr bool is_static = true;  ///< the rank is known at compile time
 };
 
 /// \ingroup rank
 /// \brief Adapter rank chosen at run time through `AdapterConfig::rank` (default 8, as PEFT).
 struct DynamicRank {
-  using axis = axes::rank;  ///< the axis this policy sits on
-  static constexpr int value = 0;  ///< 0: not known at compile time
+  using axis = axes::rank;                  ///< the axis this policy sits on
+  static constexpr int value = 0;           ///< 0: not known at compile time
   static constexpr bool is_static = false;  ///< the rank comes from AdapterConfig::rank
 };
 
