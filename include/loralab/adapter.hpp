@@ -26,6 +26,13 @@ struct AdapterConfig {
   bool check_finite = true;  ///< throw on NaN/Inf in X (forward) and dL/dY (backward)
 };
 
+/// \ingroup adapter
+/// \brief Which dropout mask a forward pass uses. Eval mode (training = false) applies no dropout.
+struct Pass {
+  bool training = true;    ///< train mode: apply the adapter's input dropout
+  std::uint64_t step = 0;  ///< keys the dropout mask (its low 32 bits); backward reuses it
+};
+
 namespace detail {
 /// Fails with the offending type's name in the diagnostic ("[with P = ...]"), like Kokkos's
 /// show_name_of_invalid_execution_policy_trait.

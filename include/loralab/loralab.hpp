@@ -26,13 +26,14 @@
 #pragma once
 
 #include "loralab/adapter.hpp"
+#include "loralab/adapter_init.hpp"
 #include "loralab/core/error.hpp"
 #include "loralab/core/memory.hpp"
 #include "loralab/core/philox.hpp"
+#include "loralab/core/random_fill.hpp"
 #include "loralab/cpu/adamw.hpp"
 #include "loralab/cpu/adapted_linear.hpp"
 #include "loralab/cpu/eigen_types.hpp"
-#include "loralab/cpu/random_fill.hpp"
 #include "loralab/io/safetensors.hpp"
 #include "loralab/optim/adamw.hpp"
 #include "loralab/optim/param_tensor.hpp"

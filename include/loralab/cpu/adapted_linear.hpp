@@ -10,21 +10,18 @@
 #include <vector>
 
 #include "loralab/adapter.hpp"
+#include "loralab/adapter_init.hpp"
 #include "loralab/core/error.hpp"
 #include "loralab/core/memory.hpp"
 #include "loralab/core/philox.hpp"
 #include "loralab/cpu/eigen_types.hpp"
-#include "loralab/cpu/random_fill.hpp"
 #include "loralab/optim/param_tensor.hpp"
 
 namespace loralab::cpu {
 
 /// \ingroup cpu
-/// \brief Which dropout mask a forward pass uses. Eval mode (training = false) applies no dropout.
-struct Pass {
-  bool training = true;    ///< train mode: apply the adapter's input dropout
-  std::uint64_t step = 0;  ///< keys the dropout mask (its low 32 bits); backward reuses it
-};
+/// \brief The backend-neutral loralab::Pass, under the CPU namespace for brevity.
+using Pass = loralab::Pass;
 
 /// \ingroup cpu
 /// \brief A frozen linear layer \f$ Y = X W^T + b \f$ with a low-rank adapter:
@@ -63,26 +60,7 @@ class AdaptedLinear {
                 Eigen::OuterStride<>(weight.outerStride())),
         bias_(bias),
         cfg_(cfg),
-        rank_(Spec::rank_for(cfg)) {
-    const Index out = weight.rows(), in = weight.cols();
-    LORALAB_CHECK(in > 0 && out > 0, "[loralab.shape] base weight must be non-empty, got [", out,
-                  " x ", in, "]");
-    if constexpr (Spec::rank::is_static) {
-      LORALAB_CHECK(cfg.rank == 0 || cfg.rank == rank_,
-                    "[loralab.config] AdapterConfig::rank=", cfg.rank,
-                    " contradicts the compile-time Rank<", rank_, ">");
-    }
-    LORALAB_CHECK(rank_ >= 1, "[loralab.shape] adapter rank must be >= 1, got ", rank_);
-    LORALAB_CHECK(rank_ <= std::min(in, out), "[loralab.shape] adapter rank ", rank_,
-                  " exceeds min(in=", in, ", out=", out, ")");
-    LORALAB_CHECK(bias.empty() || static_cast<Index>(bias.size()) == out,
-                  "[loralab.shape] bias has ", bias.size(), " entries, expected out=", out);
-    LORALAB_CHECK(std::isfinite(cfg.alpha), "[loralab.config] alpha must be finite, got ",
-                  cfg.alpha);
-    LORALAB_CHECK(cfg.dropout >= 0.0 && cfg.dropout < 1.0,
-                  "[loralab.config] dropout rate must be in [0, 1), got ", cfg.dropout);
-    LORALAB_CHECK(cfg.module_id < (1u << 24), "[loralab.config] module_id ", cfg.module_id,
-                  " exceeds the 24 bits of the RNG stream layout");
+        rank_(validate_adapter<Spec>(cfg, weight.cols(), weight.rows(), bias.size())) {
     scale_ = static_cast<T>(Spec::scaling::scale(cfg.alpha, rank_));
     params_.resize(static_cast<std::size_t>(a_size() + b_size()));
     grads_.assign(params_.size(), T(0));
@@ -147,27 +125,9 @@ class AdaptedLinear {
   /// first if merged, so W returns to its base value.
   void reset() {
     if (merged_) unmerge();
-    const std::uint64_t seed = cfg_.seed;
-    const std::uint32_t module = cfg_.module_id;
-    const std::uint64_t init_stream = make_stream(RngPurpose::init_a, module, 0);
-    T* a = params_.data();
-    if constexpr (Spec::init::gaussian) {
-      for (Index i = 0; i < a_size(); ++i)
-        a[i] = normal_element<T>(seed, init_stream, i, 1.0 / rank_);
-    } else {
-      const double bound = 1.0 / std::sqrt(static_cast<double>(in_features()));
-      for (Index i = 0; i < a_size(); ++i)
-        a[i] = uniform_element<T>(seed, init_stream, i, -bound, bound);
-    }
-    std::fill(params_.begin() + a_size(), params_.end(), T(0));
-    if constexpr (kHasMask) {
-      constexpr int pct = freeze_policy::frozen_percent;
-      std::span<std::uint8_t> m(mask_);
-      fill_random_mask(m.first(a_size()), seed, make_stream(RngPurpose::freeze_mask_a, module, 0),
-                       pct, cfg_.mask_sampling);
-      fill_random_mask(m.subspan(a_size()), seed, make_stream(RngPurpose::freeze_mask_b, module, 0),
-                       pct, cfg_.mask_sampling);
-    }
+    std::span<T> all(params_);
+    fill_initial_adapter<Spec, T>(cfg_, rank_, in_features(), all.first(a_size()),
+                                  all.subspan(a_size()), mask_);
     zero_grad();
   }
 

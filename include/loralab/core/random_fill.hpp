@@ -1,6 +1,6 @@
 /// \file
-/// \brief Initial values and LoRA-SP freeze masks drawn from Philox (CPU loops over the shared
-/// host/device element functions, so a CUDA kernel can reproduce them bit for bit).
+/// \brief Initial values and LoRA-SP freeze masks drawn from Philox: host loops over element
+/// functions a CUDA kernel can call too, so every backend can reproduce them bit for bit.
 #pragma once
 
 #include <algorithm>
@@ -56,9 +56,7 @@ inline std::int64_t exact_trainable_count(std::int64_t n, int frozen_percent) {
   return n * (100 - frozen_percent) / 100;
 }
 
-namespace cpu {
-
-/// \ingroup cpu
+/// \ingroup core
 /// \brief Fills `mask` (1 = trainable, 0 = frozen) for a RandomMask.
 ///
 /// exact: the trainable entries are the `exact_trainable_count` entries with the smallest
@@ -85,5 +83,4 @@ inline void fill_random_mask(std::span<std::uint8_t> mask, std::uint64_t seed, s
   for (std::int64_t j = 0; j < keep; ++j) mask[keyed[j].second] = 1;
 }
 
-}  // namespace cpu
 }  // namespace loralab
