@@ -1,0 +1,71 @@
+/// \file
+/// \brief Mask-aware AdamW on the device: one fused kernel over every tensor, packed state,
+/// frozen entries never touched. Mirrors include/loralab/cpu/adamw.hpp. Definitions in adamw.cuh.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "loralab/cuda/bf16.hpp"
+#include "loralab/cuda/device_buffer.hpp"
+#include "loralab/optim/adamw.hpp"
+
+namespace loralab::cuda {
+
+/// \ingroup cuda
+/// \brief A flat fp32 master tensor on the device, its fp32 gradient, an optional mask (1 =
+/// trainable) and an optional bf16 copy that the optimizer refreshes after each update (the
+/// storage the bf16 kernels read). All pointers are device pointers owned by the adapter.
+struct DeviceParamTensor {
+  float* value = nullptr;               ///< master weights, updated in place
+  const float* grad = nullptr;          ///< dL/dvalue
+  const std::uint8_t* mask = nullptr;   ///< null, or one byte per entry
+  bf16* shadow = nullptr;               ///< null, or a bf16 copy to refresh
+  std::size_t size = 0;                 ///< number of entries
+};
+
+/// \ingroup cuda
+/// \brief AdamW with the arithmetic of loralab::adamw_update (torch's single-tensor path).
+///
+/// Masked tensors keep (m, v) only for trainable entries plus a 32-bit index per trainable entry
+/// (built once from the mask); the kernel walks the index list, so frozen entries are never read
+/// or written. One launch per step covers every tensor (a chunk table maps blocks to tensors).
+class AdamW {
+ public:
+  /// \brief Builds state for `params` (views that must outlive the optimizer).
+  /// \throws Error on a bad config or an empty tensor pointer.
+  AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg = {}, cudaStream_t stream = nullptr);
+  /// \brief One step over every tensor (asynchronous on the stream).
+  void step();
+  /// \brief Sets the learning rate of the next steps.
+  void set_lr(double lr) { lr_ = lr; }
+  /// \brief The current learning rate.
+  double lr() const { return lr_; }
+  /// \brief Steps taken so far.
+  std::int64_t steps() const { return t_; }
+  /// \brief Bytes of optimizer state on the device (moments and index lists).
+  std::int64_t state_bytes() const;
+  /// \brief Packed first moments of tensor k, copied to the host (trainable entries in order).
+  std::vector<float> first_moment(std::size_t k) const;
+  /// \brief Packed second moments of tensor k, copied to the host.
+  std::vector<float> second_moment(std::size_t k) const;
+
+ private:
+  struct Slot {
+    DeviceParamTensor tensor;
+    DeviceBuffer<float> m, v;
+    DeviceBuffer<std::uint32_t> index;  // trainable entries of a masked tensor; empty otherwise
+    std::size_t count = 0;              // entries the kernel updates
+  };
+  std::vector<Slot> slots_;
+  DeviceBuffer<unsigned char> table_;  // kernel arguments: tensor descriptors + chunk table
+  std::size_t chunks_ = 0;
+  AdamWConfig cfg_;
+  double lr_;
+  std::int64_t t_ = 0;
+  cudaStream_t stream_;
+};
+
+}  // namespace loralab::cuda
