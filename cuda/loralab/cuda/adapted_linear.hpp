@@ -92,13 +92,14 @@ class LinearCore {
   cudaStream_t stream_;
   BlasHandle blas_;
   bool merged_ = false;
-  DeviceBuffer<float> params_;        // fp32 master: A [r x in] then B [out x r]
-  DeviceBuffer<float> grads_;         // same layout
-  DeviceBuffer<std::uint8_t> mask_;   // same layout, or empty
-  DeviceBuffer<T> compute_;           // T copy of params_ (bf16 only; fp32 reads params_)
-  DeviceBuffer<T> U_, GU_;            // [n x r]: saved drop(X) A^T, and s dY B
-  DeviceBuffer<T> H_;                 // [n x in] dropout workspace
-  DeviceBuffer<int> flag_;            // finiteness check result
+  DeviceBuffer<float> params_;                  // fp32 master: A [r x in] then B [out x r]
+  DeviceBuffer<float> grads_;                   // same layout
+  DeviceBuffer<std::uint8_t> mask_;             // same layout, or empty
+  DeviceBuffer<T> compute_;                     // T copy of params_ (bf16 only; fp32 reads params_)
+  DeviceBuffer<T> U_, GU_;                      // [n x r]: saved drop(X) A^T, and s dY B
+  DeviceBuffer<T> H_;                           // [n x in] dropout workspace
+  DeviceBuffer<unsigned long long> first_bad_;  // finiteness check: first non-finite index
+  std::int64_t trainable_ = 0;                  // entries the optimizer may move (from the mask)
   Pass last_pass_{};
   std::int64_t saved_rows_ = -1;
 };
@@ -130,8 +131,10 @@ class AdaptedLinear {
                 const AdapterConfig& cfg = {}, cudaStream_t stream = nullptr)
       : cfg_(cfg),
         rank_(validate_adapter<Spec>(cfg, in, out, bias ? std::size_t(out) : 0)),
-        core_(weight, bias, in, out, rank_, static_cast<float>(Spec::scaling::scale(cfg.alpha, rank_)), cfg,
-              LinearFlags{Spec::freeze::has_mask, Spec::freeze::freezes_a, Spec::dropout::has_input_dropout},
+        core_(weight, bias, in, out, rank_,
+              static_cast<float>(Spec::scaling::scale(cfg.alpha, rank_)), cfg,
+              LinearFlags{Spec::freeze::has_mask, Spec::freeze::freezes_a,
+                          Spec::dropout::has_input_dropout},
               stream) {
     reset();
   }
@@ -156,7 +159,8 @@ class AdaptedLinear {
     std::vector<float> values(std::size_t(rank_) * (in_features() + out_features()));
     std::vector<std::uint8_t> mask(Spec::freeze::has_mask ? values.size() : 0);
     std::span<float> all(values);
-    fill_initial_adapter<Spec, float>(cfg_, rank_, in_features(), all.first(std::size_t(rank_) * in_features()),
+    fill_initial_adapter<Spec, float>(cfg_, rank_, in_features(),
+                                      all.first(std::size_t(rank_) * in_features()),
                                       all.subspan(std::size_t(rank_) * in_features()), mask);
     core_.set_parameters(values);
     if (!mask.empty()) core_.set_mask(mask);
@@ -164,9 +168,11 @@ class AdaptedLinear {
   }
   /// \brief Sets A [r x in] and B [out x r] (row-major host values), e.g. from a checkpoint.
   void set_parameters(std::span<const float> A, std::span<const float> B) {
-    LORALAB_CHECK(A.size() == std::size_t(rank_) * in_features() && B.size() == std::size_t(rank_) * out_features(),
-                  "[loralab.shape] set_parameters: A has ", A.size(), " entries (want ", rank_ * in_features(),
-                  "), B has ", B.size(), " (want ", rank_ * out_features(), ")");
+    LORALAB_CHECK(A.size() == std::size_t(rank_) * in_features() &&
+                      B.size() == std::size_t(rank_) * out_features(),
+                  "[loralab.shape] set_parameters: A has ", A.size(), " entries (want ",
+                  rank_ * in_features(), "), B has ", B.size(), " (want ", rank_ * out_features(),
+                  ")");
     std::vector<float> values(A.begin(), A.end());
     values.insert(values.end(), B.begin(), B.end());
     core_.set_parameters(values);

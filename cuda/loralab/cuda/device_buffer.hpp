@@ -58,8 +58,8 @@ class DeviceBuffer {
 
   /// \brief Copies host data in; sizes must match. Synchronous on `stream`.
   void upload(std::span<const T> host, cudaStream_t stream = nullptr) {
-    LORALAB_CHECK(host.size() == size_, "[loralab.cuda] upload of ", host.size(), " elements into a buffer of ",
-                  size_);
+    LORALAB_CHECK(host.size() == size_, "[loralab.cuda] upload of ", host.size(),
+                  " elements into a buffer of ", size_);
     LORALAB_CUDA_CHECK(cudaMemcpyAsync(ptr_, host.data(), bytes(), cudaMemcpyHostToDevice, stream));
     LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
@@ -91,7 +91,8 @@ class DeviceBuffer {
     size_ = n;
   }
   void release() noexcept {
-    if (ptr_) cudaFree(ptr_);  // no throw from a destructor path; cudaFree cannot fail usefully here
+    if (ptr_)
+      cudaFree(ptr_);  // no throw from a destructor path; cudaFree cannot fail usefully here
     ptr_ = nullptr;
     size_ = 0;
   }
