@@ -404,3 +404,22 @@ TEST_CASE("all_finite detects NaN, +Inf and -Inf anywhere and accepts huge finit
     CHECK(!cpu::all_finite(N));
   }
 }
+
+TEST_CASE("backward_input gives the same dX as backward and leaves the gradients alone") {
+  using Spec = Adapter<Rank<3>, RandomMask<50>, InputDropout>;
+  MatrixR<double> W = random_matrix<double>(9, 11, 1);
+  AdapterConfig cfg;
+  cfg.dropout = 0.2;
+  cpu::AdaptedLinear<Spec, double> layer(W, {}, cfg);
+  layer.B() = random_matrix<double>(9, 3, 2);
+  const MatrixR<double> X = random_matrix<double>(6, 11, 3), GY = random_matrix<double>(6, 9, 4);
+  MatrixR<double> dX_full(6, 11), dX_only(6, 11);
+  layer.forward(X, Pass{true, 5});
+  layer.backward(X, GY, dX_full);
+  const MatrixR<double> dA = layer.grad_A(), dB = layer.grad_B();
+  layer.forward(X, Pass{true, 5});
+  layer.backward_input(X, GY, dX_only);
+  CHECK((dX_full - dX_only).cwiseAbs().maxCoeff() == 0.0);
+  CHECK((layer.grad_A() - dA).cwiseAbs().maxCoeff() == 0.0);  // not accumulated a second time
+  CHECK((layer.grad_B() - dB).cwiseAbs().maxCoeff() == 0.0);
+}

@@ -169,14 +169,23 @@ class AdaptedLinear {
   }
 
   /// \brief Accumulates dA, dB from dL/dY [n x out] (frozen entries stay exactly 0), without dX.
-  void backward(ConstMatrixRef<T> X, ConstMatrixRef<T> GY) { backward_impl(X, GY, nullptr); }
+  void backward(ConstMatrixRef<T> X, ConstMatrixRef<T> GY) { backward_impl(X, GY, nullptr, true); }
 
   /// \brief Accumulates dA, dB and writes dX [n x in] = dL/dX.
   void backward(ConstMatrixRef<T> X, ConstMatrixRef<T> GY, MatrixRef<T> dX) {
     LORALAB_CHECK(dX.rows() == X.rows() && dX.cols() == in_features(),
                   "[loralab.shape] backward: dX is [", dX.rows(), " x ", dX.cols(), "], expected [",
                   X.rows(), " x ", in_features(), "]");
-    backward_impl(X, GY, &dX);
+    backward_impl(X, GY, &dX, true);
+  }
+
+  /// \brief Writes dX [n x in] only; dA and dB are left as they are. For a layer whose adapter
+  /// is switched frozen (layer sampling) while the gradient still flows to earlier layers.
+  void backward_input(ConstMatrixRef<T> X, ConstMatrixRef<T> GY, MatrixRef<T> dX) {
+    LORALAB_CHECK(dX.rows() == X.rows() && dX.cols() == in_features(),
+                  "[loralab.shape] backward_input: dX is [", dX.rows(), " x ", dX.cols(),
+                  "], expected [", X.rows(), " x ", in_features(), "]");
+    backward_impl(X, GY, &dX, false);
   }
 
   /// \brief W <- W + s B A. Computed into a copy first: a non-finite result throws and leaves W
@@ -258,7 +267,7 @@ class AdaptedLinear {
     }
   }
 
-  void backward_impl(ConstMatrixRef<T> X, ConstMatrixRef<T> GY, MatrixRef<T>* dX) {
+  void backward_impl(ConstMatrixRef<T> X, ConstMatrixRef<T> GY, MatrixRef<T>* dX, bool accumulate) {
     LORALAB_CHECK(!merged_,
                   "[loralab.state] backward on a merged adapter: unmerge() before training");
     LORALAB_CHECK(saved_rows_ >= 0, "[loralab.state] backward without a preceding forward");
@@ -274,18 +283,20 @@ class AdaptedLinear {
     GU_.noalias() = scale_ * (GY * B());  // [n x r]
     MatrixMap<T> dA(grads_.data(), rank_, in_features());
     MatrixMap<T> dB(grads_.data() + a_size(), out_features(), rank_);
-    dB.noalias() += scale_ * (GY.transpose() * U_);  // [out x r]
-    if constexpr (!kFreezeA) {
-      if (dropout) {
-        apply_input_dropout(X, last_pass_.step, H_);
-        dA.noalias() += GU_.transpose() * H_;  // [r x in]
-      } else {
-        dA.noalias() += GU_.transpose() * X;
+    if (accumulate) {  // skipped by backward_input: the parameters are frozen for this pass
+      dB.noalias() += scale_ * (GY.transpose() * U_);  // [out x r]
+      if constexpr (!kFreezeA) {
+        if (dropout) {
+          apply_input_dropout(X, last_pass_.step, H_);
+          dA.noalias() += GU_.transpose() * H_;  // [r x in]
+        } else {
+          dA.noalias() += GU_.transpose() * X;
+        }
       }
-    }
-    if constexpr (kHasMask) {  // frozen gradients were 0 and stay exactly 0
-      for (std::size_t i = 0; i < grads_.size(); ++i)
-        if (!mask_[i]) grads_[i] = T(0);
+      if constexpr (kHasMask) {  // frozen gradients were 0 and stay exactly 0
+        for (std::size_t i = 0; i < grads_.size(); ++i)
+          if (!mask_[i]) grads_[i] = T(0);
+      }
     }
     if (dX == nullptr) return;
     dX->noalias() = GY * weight_;
