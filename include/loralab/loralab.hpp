@@ -21,6 +21,12 @@
 /// \brief Mask-aware AdamW.
 /// \defgroup cuda CUDA backend
 /// \brief Device storage, error checking and kernels (cuda/loralab/cuda/).
+/// \defgroup model Model
+/// \brief GPT-2-style decoder: config, weights, layers, the model with adapters.
+/// \defgroup data Data
+/// \brief Tokenizer, synthetic tasks, fortunes corpus, batches.
+/// \defgroup train Training
+/// \brief Schedules, trainer, checkpoints.
 /// \defgroup io Input and output
 /// \brief safetensors read and write.
 #pragma once
@@ -34,7 +40,12 @@
 #include "loralab/cpu/adamw.hpp"
 #include "loralab/cpu/adapted_linear.hpp"
 #include "loralab/cpu/eigen_types.hpp"
+#include "loralab/data/batch.hpp"
+#include "loralab/data/fortunes.hpp"
+#include "loralab/data/synthetic.hpp"
+#include "loralab/data/tokenizer.hpp"
 #include "loralab/io/safetensors.hpp"
+#include "loralab/model/gpt.hpp"
 #include "loralab/optim/adamw.hpp"
 #include "loralab/optim/param_tensor.hpp"
 #include "loralab/version.hpp"

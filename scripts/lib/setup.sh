@@ -8,7 +8,7 @@ LORALAB_BUILD_DIR="$LORALAB_ROOT/build/$LORALAB_PRESET"
 
 # Everything the build and the suite need, from Debian only (the machine is offline otherwise).
 LORALAB_PACKAGES=(cmake ninja-build g++ libeigen3-dev doctest-dev nlohmann-json3-dev
-                  libbenchmark-dev libopenblas-dev doxygen)
+                  libbenchmark-dev libopenblas-dev doxygen fortunes)
 
 log() { printf '[loralab] %s\n' "$*" >&2; }
 

@@ -19,11 +19,11 @@ namespace loralab::cuda {
 /// trainable) and an optional bf16 copy that the optimizer refreshes after each update (the
 /// storage the bf16 kernels read). All pointers are device pointers owned by the adapter.
 struct DeviceParamTensor {
-  float* value = nullptr;               ///< master weights, updated in place
-  const float* grad = nullptr;          ///< dL/dvalue
-  const std::uint8_t* mask = nullptr;   ///< null, or one byte per entry
-  bf16* shadow = nullptr;               ///< null, or a bf16 copy to refresh
-  std::size_t size = 0;                 ///< number of entries
+  float* value = nullptr;              ///< master weights, updated in place
+  const float* grad = nullptr;         ///< dL/dvalue
+  const std::uint8_t* mask = nullptr;  ///< null, or one byte per entry
+  bf16* shadow = nullptr;              ///< null, or a bf16 copy to refresh
+  std::size_t size = 0;                ///< number of entries
 };
 
 /// \ingroup cuda
@@ -36,7 +36,8 @@ class AdamW {
  public:
   /// \brief Builds state for `params` (views that must outlive the optimizer).
   /// \throws Error on a bad config or an empty tensor pointer.
-  AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg = {}, cudaStream_t stream = nullptr);
+  AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg = {},
+        cudaStream_t stream = nullptr);
   /// \brief One step over every tensor (asynchronous on the stream).
   void step();
   /// \brief Sets the learning rate of the next steps.

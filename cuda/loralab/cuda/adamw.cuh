@@ -1,0 +1,174 @@
+/// \file
+/// \brief Definitions of cuda::AdamW (declared in adamw.hpp): the fused update kernel and the host
+/// members. nvcc only. The member definitions are not inline, so this header must be included in
+/// exactly one translation unit of a program (cuda/instances/adamw.cu in loralab_cuda_instances);
+/// everything else includes adamw.hpp and links that library.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "loralab/core/error.hpp"
+#include "loralab/cuda/adamw.hpp"
+#include "loralab/cuda/error.hpp"
+#include "loralab/optim/adamw.hpp"
+
+namespace loralab::cuda {
+
+namespace adamw_impl {
+
+/// What the kernel knows of one tensor (device pointers; index null for an unmasked tensor).
+struct TensorDesc {
+  float* value;
+  const float* grad;
+  bf16* shadow;                // null: no bf16 copy to refresh
+  const std::uint32_t* index;  // null: entry j of the moments is entry j of the tensor
+  float* m;
+  float* v;
+  std::uint64_t count;  // entries updated (trainable entries of a masked tensor)
+};
+
+/// A block's share of the work: entries [begin, end) of the packed state of tensor `tensor`.
+struct Chunk {
+  std::uint64_t tensor;
+  std::uint64_t begin;
+  std::uint64_t end;
+};
+
+inline constexpr std::uint64_t kChunkEntries = 4096;  // per block: 16 entries per thread
+inline constexpr unsigned kThreads = 256;
+
+// The chunk table follows the descriptors in table_, at the next multiple of its alignment.
+inline std::size_t chunk_offset(std::size_t tensors) {
+  const std::size_t bytes = tensors * sizeof(TensorDesc);
+  return (bytes + alignof(Chunk) - 1) / alignof(Chunk) * alignof(Chunk);
+}
+
+// One block per chunk; the threads of the block stride through it. The coefficients travel by
+// value in the kernel's parameter space: the same doubles as the CPU's, rounded to float by the
+// same shared adamw_update, so both backends do the same float operations in the same order.
+__global__ void __launch_bounds__(kThreads)
+    adamw_kernel(const TensorDesc* __restrict__ tensors, const Chunk* __restrict__ chunks,
+                 AdamWStepCoefficients c) {
+  const Chunk chunk = chunks[blockIdx.x];
+  const TensorDesc d = tensors[chunk.tensor];
+  for (std::uint64_t j = chunk.begin + threadIdx.x; j < chunk.end; j += blockDim.x) {
+    const std::uint64_t i = d.index ? d.index[j] : j;  // frozen entries are never read or written
+    float p = d.value[i];
+    float m = d.m[j];
+    float v = d.v[j];
+    adamw_update<float>(p, d.grad[i], m, v, c);
+    d.value[i] = p;
+    d.m[j] = m;
+    d.v[j] = v;
+    if (d.shadow) d.shadow[i] = __float2bfloat16(p);  // round to nearest even, as from_float
+  }
+}
+
+}  // namespace adamw_impl
+
+AdamW::AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg, cudaStream_t stream)
+    : cfg_(cfg), lr_(cfg.lr), stream_(stream) {
+  using adamw_impl::Chunk;
+  using adamw_impl::TensorDesc;
+  LORALAB_CHECK(
+      cfg.lr >= 0 && cfg.eps > 0 && cfg.beta1 >= 0 && cfg.beta1 < 1 && cfg.beta2 >= 0 &&
+          cfg.beta2 < 1 && cfg.weight_decay >= 0,
+      "[loralab.config] AdamW needs lr >= 0, eps > 0, 0 <= beta < 1, weight_decay >= 0; got lr=",
+      cfg.lr, " eps=", cfg.eps, " beta1=", cfg.beta1, " beta2=", cfg.beta2,
+      " weight_decay=", cfg.weight_decay);
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    const DeviceParamTensor& p = params[k];
+    LORALAB_CHECK(
+        p.size == 0 || (p.value != nullptr && p.grad != nullptr), "[loralab.config] AdamW tensor ",
+        k, " has ", p.size,
+        " entries but a null value or gradient pointer (value=", static_cast<const void*>(p.value),
+        " grad=", static_cast<const void*>(p.grad), ")");
+  }
+
+  slots_.reserve(params.size());
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    Slot slot;
+    slot.tensor = params[k];
+    slot.count = slot.tensor.size;
+    if (slot.tensor.mask != nullptr && slot.tensor.size > 0) {
+      // The index list is what the kernel walks; 32 bits halve its footprint (adapters are far
+      // below 2^32 entries per tensor).
+      LORALAB_CHECK(slot.tensor.size <= std::size_t(std::numeric_limits<std::uint32_t>::max()) + 1,
+                    "[loralab.shape] AdamW tensor ", k, " has ", slot.tensor.size,
+                    " entries; a masked tensor is limited to 2^32 (32-bit index list)");
+      std::vector<std::uint8_t> mask(slot.tensor.size);
+      LORALAB_CUDA_CHECK(cudaMemcpyAsync(mask.data(), slot.tensor.mask, mask.size(),
+                                         cudaMemcpyDeviceToHost, stream_));
+      LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::vector<std::uint32_t> index;
+      for (std::size_t i = 0; i < mask.size(); ++i)
+        if (mask[i]) index.push_back(static_cast<std::uint32_t>(i));
+      slot.count = index.size();
+      slot.index = DeviceBuffer<std::uint32_t>::from_host(index, stream_);
+    }
+    slot.m = DeviceBuffer<float>(slot.count);
+    slot.v = DeviceBuffer<float>(slot.count);
+    slot.m.zero(stream_);
+    slot.v.zero(stream_);
+    slots_.push_back(std::move(slot));
+  }
+
+  // Descriptors, then chunks, in one upload: the step itself copies nothing to the device.
+  std::vector<TensorDesc> tensors;
+  std::vector<Chunk> chunks;
+  for (std::size_t k = 0; k < slots_.size(); ++k) {
+    Slot& s = slots_[k];
+    tensors.push_back(TensorDesc{s.tensor.value, s.tensor.grad, s.tensor.shadow,
+                                 s.index.empty() ? nullptr : s.index.data(), s.m.data(), s.v.data(),
+                                 s.count});
+    for (std::uint64_t b = 0; b < s.count; b += adamw_impl::kChunkEntries)
+      chunks.push_back(
+          Chunk{k, b, std::min<std::uint64_t>(b + adamw_impl::kChunkEntries, s.count)});
+  }
+  LORALAB_CHECK(chunks.size() <= std::size_t(std::numeric_limits<int>::max()),
+                "[loralab.shape] AdamW needs ", chunks.size(),
+                " blocks, more than a grid dimension holds");
+  chunks_ = chunks.size();
+  if (chunks_ == 0) return;  // nothing to update: step() launches nothing
+  const std::size_t offset = adamw_impl::chunk_offset(tensors.size());
+  std::vector<unsigned char> table(offset + chunks.size() * sizeof(Chunk), 0);
+  std::memcpy(table.data(), tensors.data(), tensors.size() * sizeof(TensorDesc));
+  std::memcpy(table.data() + offset, chunks.data(), chunks.size() * sizeof(Chunk));
+  table_ = DeviceBuffer<unsigned char>::from_host(table, stream_);
+}
+
+void AdamW::step() {
+  ++t_;
+  const AdamWStepCoefficients c = AdamWStepCoefficients::make(cfg_, lr_, t_);
+  if (chunks_ == 0) return;
+  const auto* tensors = reinterpret_cast<const adamw_impl::TensorDesc*>(table_.data());
+  const auto* chunks = reinterpret_cast<const adamw_impl::Chunk*>(
+      table_.data() + adamw_impl::chunk_offset(slots_.size()));
+  adamw_impl::adamw_kernel<<<static_cast<unsigned>(chunks_), adamw_impl::kThreads, 0, stream_>>>(
+      tensors, chunks, c);
+  LORALAB_CUDA_CHECK(cudaGetLastError());
+}
+
+std::int64_t AdamW::state_bytes() const {
+  std::int64_t bytes = 0;
+  for (const Slot& s : slots_)
+    bytes += static_cast<std::int64_t>(s.m.bytes() + s.v.bytes() + s.index.bytes());
+  return bytes;
+}
+
+std::vector<float> AdamW::first_moment(std::size_t k) const {
+  return slots_.at(k).m.to_host(stream_);
+}
+
+std::vector<float> AdamW::second_moment(std::size_t k) const {
+  return slots_.at(k).v.to_host(stream_);
+}
+
+}  // namespace loralab::cuda

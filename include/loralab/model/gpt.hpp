@@ -1,0 +1,377 @@
+/// \file
+/// \brief `model::Gpt`: a GPT-2-style decoder (pre-LayerNorm, GELU MLP, learned positions,
+/// causal multi-head attention, tied embeddings) on the CPU, whose linears carry adapters of a
+/// composed type, with the hooks later methods need (per-block trainability, dropout places in
+/// attention and on the MLP hidden, access to every linear's input).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "loralab/adapter.hpp"
+#include "loralab/core/error.hpp"
+#include "loralab/core/memory.hpp"
+#include "loralab/cpu/adapted_linear.hpp"
+#include "loralab/model/layers.hpp"
+#include "loralab/model/weights.hpp"
+#include "loralab/optim/param_tensor.hpp"
+
+namespace loralab::model {
+
+/// \ingroup model
+/// \brief What trains: the adapters on the targeted modules (base frozen), or every weight.
+enum class TrainMode {
+  adapters,  ///< base weights frozen; adapters on `targets` train
+  full,      ///< full fine-tuning: every base weight trains, no adapters
+};
+
+/// \ingroup model
+/// \brief Run-time options of a Gpt.
+struct GptOptions {
+  TrainMode mode = TrainMode::adapters;  ///< adapters or full fine-tuning
+  ModuleSet targets;                     ///< modules that carry an adapter (default: all four)
+  AdapterConfig adapter;                 ///< rank, alpha, dropout, seed of every adapter
+};
+
+/// \ingroup model
+/// \brief Places where later methods (the dropout framework) act inside a block. Each is
+/// optional; called with the block index.
+template <class T>
+struct ModelHooks {
+  /// Attention hooks for block l of a (batch, seq) pass; the arrays must stay valid until the
+  /// matching backward (the same hooks are passed to attention_backward).
+  std::function<AttentionHooks(int layer, int batch, int seq)> attention;
+  /// Applied in place to the MLP hidden (GELU output [n x ff]) in forward ...
+  std::function<void(int layer, cpu::MatrixR<T>& hidden)> mlp_hidden_forward;
+  /// ... and to its gradient in backward (the same element-wise map, e.g. mask / (1-p)).
+  std::function<void(int layer, cpu::MatrixR<T>& grad_hidden)> mlp_hidden_backward;
+};
+
+/// \ingroup model
+/// \brief The decoder. Holds a reference to caller-owned base weights (adapters merge into
+/// them); in full mode it also holds their gradients.
+/// \tparam Spec the adapter type of every targeted module. \tparam T float or double.
+template <AdapterSpec Spec, class T>
+class Gpt {
+ public:
+  /// \brief Builds adapters on the targeted modules (adapter mode) with module ids
+  /// 4 * layer + module, so every adapter has its own random streams.
+  Gpt(GptWeights<T>& weights, const GptOptions& opts)
+      : w_(weights), opts_(opts), cfg_(weights.config()) {
+    const int L = cfg_.layers;
+    trainable_.assign(L, true);
+    acts_.resize(L);
+    adapters_.resize(std::size_t(L) * kModulesPerBlock);
+    if (opts.mode == TrainMode::full) {
+      grads_.assign(w_.flat().size(), T(0));
+      return;
+    }
+    for (int l = 0; l < L; ++l)
+      for (int m = 0; m < kModulesPerBlock; ++m) {
+        const Module mod = static_cast<Module>(m);
+        if (!opts.targets.contains(mod)) continue;
+        AdapterConfig c = opts.adapter;
+        c.module_id = static_cast<std::uint32_t>(kModulesPerBlock * l + m);
+        c.check_finite = false;  // the model checks its own inputs (token ids) instead
+        auto bias = w_.bias(l, mod);
+        adapters_[index(l, mod)] = std::make_unique<cpu::AdaptedLinear<Spec, T>>(
+            w_.weight(l, mod), std::span<const T>(bias.data(), bias.size()), c);
+      }
+  }
+
+  /// \brief The configuration.
+  const GptConfig& config() const { return cfg_; }
+  /// \brief Options the model was built with.
+  const GptOptions& options() const { return opts_; }
+  /// \brief The adapter of module m in block l, or null when it carries none.
+  cpu::AdaptedLinear<Spec, T>* adapter(int l, Module m) { return adapters_[index(l, m)].get(); }
+  /// \brief Dropout places (see ModelHooks).
+  ModelHooks<T>& hooks() { return hooks_; }
+
+  /// \brief Layer-sampling hook: a frozen block's parameters get no gradient (its adapters, or
+  /// its weights in full mode), while the gradient still flows through it.
+  void set_block_trainable(int l, bool trainable) { trainable_.at(l) = trainable; }
+  /// \brief Whether block l trains.
+  bool block_trainable(int l) const { return trainable_.at(l); }
+
+  /// \brief Forward of a batch of token ids [batch x seq] with next-token targets (-1 = ignored);
+  /// returns the mean loss over non-ignored targets and keeps activations for backward.
+  /// \throws Error on a sequence longer than the context or a token outside the vocabulary.
+  double forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets,
+                 int batch, int seq, Pass pass = {}) {
+    LORALAB_CHECK(seq >= 1 && seq <= cfg_.context, "[loralab.shape] sequence length ", seq,
+                  " outside [1, context=", cfg_.context, "]");
+    forward_logits(tokens, batch, seq, pass);
+    targets_.assign(targets.begin(), targets.end());
+    const CrossEntropyResult ce = cross_entropy_forward<T>(logits_, targets_, probs_);
+    count_ = ce.count;
+    return ce.loss;
+  }
+
+  /// \brief Forward without a loss: logits [batch*seq x V] (e.g. for generation).
+  const cpu::MatrixR<T>& forward_logits(std::span<const std::int32_t> tokens, int batch, int seq,
+                                        Pass pass = {}) {
+    const int d = cfg_.d_model;
+    const Eigen::Index n = Eigen::Index(batch) * seq;
+    batch_ = batch;
+    seq_ = seq;
+    pass_ = pass;
+    tokens_.assign(tokens.begin(), tokens.end());
+    cpu::MatrixR<T> x(n, d);
+    embedding_forward<T>(tokens_, batch, seq, w_.wte(), w_.wpe(), x);
+    for (int l = 0; l < cfg_.layers; ++l) x = block_forward(l, std::move(x));
+    final_in_ = std::move(x);
+    hf_.resize(n, d);
+    mean_f_.resize(n);
+    rstd_f_.resize(n);
+    layernorm_forward<T>(final_in_, w_.lnf_gamma(), w_.lnf_beta(), cfg_.ln_eps, hf_, mean_f_,
+                         rstd_f_);
+    logits_.resize(n, cfg_.vocab_size);
+    probs_.resize(n, cfg_.vocab_size);
+    lm_head_forward<T>(hf_, w_.wte(), logits_);
+    return logits_;
+  }
+
+  /// \brief Backward of the last forward's mean loss; accumulates gradients of what trains.
+  void backward() {
+    LORALAB_CHECK(!targets_.empty(),
+                  "[loralab.state] Gpt::backward without a forward with targets");
+    const Eigen::Index n = Eigen::Index(batch_) * seq_;
+    const int d = cfg_.d_model;
+    cpu::MatrixR<T> dlogits(n, cfg_.vocab_size);
+    cross_entropy_backward<T>(probs_, targets_, count_, dlogits);
+    cpu::MatrixR<T> dhf(n, d), dx = cpu::MatrixR<T>::Zero(n, d);
+    if (full()) {
+      lm_head_backward<T>(dlogits, hf_, w_.wte(), dhf, grad_view(0));
+      layernorm_backward<T>(dhf, final_in_, w_.lnf_gamma(), mean_f_, rstd_f_, dx,
+                            grad_vec(slots() - 2), grad_vec(slots() - 1));
+    } else {
+      dhf.noalias() = dlogits * w_.wte();  // the tied head is frozen: only the input gradient
+      std::vector<T> scratch_g(d), scratch_b(d);
+      layernorm_backward<T>(dhf, final_in_, w_.lnf_gamma(), mean_f_, rstd_f_, dx, scratch_g,
+                            scratch_b);
+    }
+    for (int l = cfg_.layers - 1; l >= 0; --l) dx = block_backward(l, std::move(dx));
+    if (full()) embedding_backward<T>(dx, tokens_, batch_, seq_, grad_view(0), grad_view(1));
+  }
+
+  /// \brief Zeroes every gradient (adapters', or the weights' in full mode).
+  void zero_grad() {
+    std::fill(grads_.begin(), grads_.end(), T(0));
+    for (auto& a : adapters_)
+      if (a) a->zero_grad();
+  }
+
+  /// \brief The tensors an optimizer updates: every adapter's (A, B, mask), or the whole weight
+  /// buffer in full mode.
+  std::vector<ParamTensor<T>> parameters() {
+    if (full()) return {ParamTensor<T>{w_.flat(), grads_, {}}};
+    std::vector<ParamTensor<T>> out;
+    for (auto& a : adapters_)
+      if (a)
+        for (auto& p : a->parameters()) out.push_back(p);
+    return out;
+  }
+
+  /// \brief The input of module m in block l saved by the last forward [n x in] (statistics
+  /// hook, e.g. per-channel activation norms).
+  const cpu::MatrixR<T>& linear_input(int l, Module m) const {
+    const BlockActs& a = acts_.at(l);
+    switch (m) {
+      case Module::qkv:
+        return a.h1;
+      case Module::attn_proj:
+        return a.att;
+      case Module::fc:
+        return a.h2;
+      default:
+        return a.g;
+    }
+  }
+
+  /// \brief Trainable-parameter count and memory by category for a batch of `tokens` rows.
+  MemoryReport memory(std::int64_t tokens) const {
+    MemoryReport m;
+    if (full()) {
+      const std::int64_t n = std::int64_t(grads_.size());
+      m.trainable_params = n;
+      m.gradient_bytes = n * std::int64_t(sizeof(T));
+      m.optimizer_state_bytes = 2 * n * std::int64_t(sizeof(T));
+    } else {
+      for (const auto& a : adapters_)
+        if (a) m += a->memory(tokens);
+      m.activation_bytes = 0;  // counted below for the whole model
+      m.saved_input_bytes = 0;
+    }
+    m.activation_bytes = activation_bytes(tokens);
+    return m;
+  }
+
+  /// \brief Greedy decoding: appends up to `max_new` argmax tokens to `prompt`, stopping after
+  /// `stop` (eval mode, no dropout). Returns only the generated tokens.
+  std::vector<std::int32_t> generate(std::vector<std::int32_t> prompt, int max_new,
+                                     std::int32_t stop) {
+    std::vector<std::int32_t> out;
+    for (int k = 0; k < max_new && int(prompt.size()) < cfg_.context; ++k) {
+      const auto& logits = forward_logits(prompt, 1, int(prompt.size()), Pass{false, 0});
+      Eigen::Index next = 0;
+      logits.row(logits.rows() - 1).maxCoeff(&next);
+      out.push_back(std::int32_t(next));
+      if (std::int32_t(next) == stop) break;
+      prompt.push_back(std::int32_t(next));
+    }
+    return out;
+  }
+
+ private:
+  struct BlockActs {
+    cpu::MatrixR<T> x_in, h1, qkv, att, x_mid, h2, f, g;  // [n x d|3d|d|d|d|ff|ff]
+    cpu::MatrixR<T> probs;                                // [B*H*T x T]
+    std::vector<T> mean1, rstd1, mean2, rstd2;            // [n]
+    AttentionHooks hooks;
+  };
+
+  bool full() const { return opts_.mode == TrainMode::full; }
+  std::size_t index(int l, Module m) const {
+    return std::size_t(l) * kModulesPerBlock + static_cast<int>(m);
+  }
+  std::size_t slots() const { return w_.slots().size(); }
+  std::size_t slot(int l, int k) const { return 2 + std::size_t(l) * 12 + k; }  // GptWeights layout
+  cpu::MatrixMap<T> grad_view(std::size_t k) {
+    const TensorSlot& s = w_.slots()[k];
+    return {grads_.data() + s.offset, s.rows, s.cols};
+  }
+  std::span<T> grad_vec(std::size_t k) {
+    const TensorSlot& s = w_.slots()[k];
+    return {grads_.data() + s.offset, std::size_t(s.size())};
+  }
+  std::size_t weight_slot(int l, Module m) const {
+    constexpr int k[] = {2, 4, 8, 10};
+    return slot(l, k[static_cast<int>(m)]);
+  }
+
+  void linear_forward(int l, Module m, const cpu::MatrixR<T>& X, cpu::MatrixR<T>& Y) {
+    auto W = w_.weight(l, m);
+    Y.resize(X.rows(), W.rows());
+    if (auto* a = adapter(l, m)) {
+      a->forward(X, Y, pass_);
+      return;
+    }
+    Y.noalias() = X * W.transpose();
+    const auto b = w_.bias(l, m);
+    Y.rowwise() +=
+        Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b.data(), Eigen::Index(b.size()));
+  }
+
+  void linear_backward(int l, Module m, const cpu::MatrixR<T>& X, const cpu::MatrixR<T>& GY,
+                       cpu::MatrixR<T>& dX) {
+    dX.resize(X.rows(), X.cols());
+    if (auto* a = adapter(l, m)) {
+      if (trainable_[l])
+        a->backward(X, GY, dX);
+      else
+        a->backward_input(X, GY, dX);
+      return;
+    }
+    auto W = w_.weight(l, m);
+    dX.noalias() = GY * W;
+    if (full() && trainable_[l]) {
+      const std::size_t k = weight_slot(l, m);
+      grad_view(k).noalias() += GY.transpose() * X;  // dW [out x in]
+      auto db = grad_vec(k + 1);
+      Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db.data(), Eigen::Index(db.size())) +=
+          GY.colwise().sum();
+    }
+  }
+
+  cpu::MatrixR<T> block_forward(int l, cpu::MatrixR<T> x) {
+    BlockActs& a = acts_[l];
+    const Eigen::Index n = x.rows();
+    const int d = cfg_.d_model;
+    a.x_in = std::move(x);
+    a.h1.resize(n, d);
+    a.mean1.resize(n);
+    a.rstd1.resize(n);
+    layernorm_forward<T>(a.x_in, w_.ln1_gamma(l), w_.ln1_beta(l), cfg_.ln_eps, a.h1, a.mean1,
+                         a.rstd1);
+    linear_forward(l, Module::qkv, a.h1, a.qkv);
+    a.att.resize(n, d);
+    a.probs.resize(Eigen::Index(batch_) * cfg_.heads * seq_, seq_);
+    a.hooks = hooks_.attention ? hooks_.attention(l, batch_, seq_) : AttentionHooks{};
+    attention_forward<T>(a.qkv, batch_, seq_, cfg_.heads, a.att, a.probs, a.hooks);
+    cpu::MatrixR<T> proj;
+    linear_forward(l, Module::attn_proj, a.att, proj);
+    a.x_mid = a.x_in + proj;  // residual
+    a.h2.resize(n, d);
+    a.mean2.resize(n);
+    a.rstd2.resize(n);
+    layernorm_forward<T>(a.x_mid, w_.ln2_gamma(l), w_.ln2_beta(l), cfg_.ln_eps, a.h2, a.mean2,
+                         a.rstd2);
+    linear_forward(l, Module::fc, a.h2, a.f);
+    a.g.resize(n, a.f.cols());
+    gelu_forward<T>(a.f, a.g);
+    if (hooks_.mlp_hidden_forward) hooks_.mlp_hidden_forward(l, a.g);
+    cpu::MatrixR<T> mlp;
+    linear_forward(l, Module::mlp_proj, a.g, mlp);
+    return a.x_mid + mlp;  // residual
+  }
+
+  // dx: dL/d(block output) in, dL/d(block input) out.
+  cpu::MatrixR<T> block_backward(int l, cpu::MatrixR<T> dx) {
+    BlockActs& a = acts_[l];
+    const int d = cfg_.d_model;
+    const bool train_ln = full() && trainable_[l];
+    std::vector<T> sg(d), sb(d);  // LayerNorm gradients when they do not train
+    // MLP: x_out = x_mid + mlp_proj(hook(gelu(fc(ln2(x_mid)))))
+    cpu::MatrixR<T> dg, df, dh2;
+    linear_backward(l, Module::mlp_proj, a.g, dx, dg);
+    if (hooks_.mlp_hidden_backward) hooks_.mlp_hidden_backward(l, dg);
+    df.resize(dg.rows(), dg.cols());
+    gelu_backward<T>(a.f, dg, df);
+    linear_backward(l, Module::fc, a.h2, df, dh2);
+    cpu::MatrixR<T> dmid = dx;  // residual branch
+    layernorm_backward<T>(dh2, a.x_mid, w_.ln2_gamma(l), a.mean2, a.rstd2, dmid,
+                          train_ln ? grad_vec(slot(l, 6)) : std::span<T>(sg),
+                          train_ln ? grad_vec(slot(l, 7)) : std::span<T>(sb));
+    // Attention: x_mid = x_in + attn_proj(attention(qkv(ln1(x_in))))
+    cpu::MatrixR<T> datt, dqkv(a.qkv.rows(), a.qkv.cols()), dh1;
+    linear_backward(l, Module::attn_proj, a.att, dmid, datt);
+    attention_backward<T>(datt, a.qkv, a.probs, batch_, seq_, cfg_.heads, dqkv, a.hooks);
+    linear_backward(l, Module::qkv, a.h1, dqkv, dh1);
+    cpu::MatrixR<T> din = dmid;  // residual branch
+    std::fill(sg.begin(), sg.end(), T(0));
+    std::fill(sb.begin(), sb.end(), T(0));
+    layernorm_backward<T>(dh1, a.x_in, w_.ln1_gamma(l), a.mean1, a.rstd1, din,
+                          train_ln ? grad_vec(slot(l, 0)) : std::span<T>(sg),
+                          train_ln ? grad_vec(slot(l, 1)) : std::span<T>(sb));
+    return din;
+  }
+
+  std::int64_t activation_bytes(std::int64_t tokens) const {
+    const std::int64_t d = cfg_.d_model, ff = cfg_.ff(), H = cfg_.heads, T_ = cfg_.context;
+    // per block: x_in, h1, qkv(3d), att, x_mid, h2, f, g, LayerNorm stats, attention weights
+    const std::int64_t per_block = tokens * (6 * d + 2 * ff + 4) + tokens * H * T_;
+    return std::int64_t(sizeof(T)) *
+           (cfg_.layers * per_block + tokens * (2 * d + 2 * cfg_.vocab_size));
+  }
+
+  GptWeights<T>& w_;
+  GptOptions opts_;
+  GptConfig cfg_;
+  ModelHooks<T> hooks_;
+  std::vector<std::unique_ptr<cpu::AdaptedLinear<Spec, T>>> adapters_;  // [L x 4], null = none
+  std::vector<T> grads_;                                                // full mode: like w_.flat()
+  std::vector<bool> trainable_;
+  std::vector<BlockActs> acts_;
+  std::vector<std::int32_t> tokens_, targets_;
+  int batch_ = 0, seq_ = 0;
+  Pass pass_{};
+  cpu::MatrixR<T> final_in_, hf_, logits_, probs_;
+  std::vector<T> mean_f_, rstd_f_;
+  Eigen::Index count_ = 0;
+};
+
+}  // namespace loralab::model
