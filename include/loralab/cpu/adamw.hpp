@@ -2,6 +2,7 @@
 /// \brief Mask-aware AdamW on the CPU: state only for trainable entries, frozen entries never move.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -49,22 +50,25 @@ class AdamW {
     }
   }
 
-  /// \brief One optimizer step over every tensor.
-  void step() {
+  /// \brief One optimizer step over every tensor, on `grad_scale` times the stored gradients
+  /// (gradient clipping and accumulation scale there, so the gradient buffers stay untouched).
+  void step(double grad_scale = 1.0) {
     ++t_;
     const auto c = AdamWStepCoefficients::make(cfg_, lr_, t_);
+    const T gs = static_cast<T>(grad_scale);
     for (std::size_t k = 0; k < params_.size(); ++k) {
       auto& p = params_[k];
       T* m = m_[k].data();
       T* v = v_[k].data();
       const std::size_t n = p.value.size();
       if (p.mask.empty()) {
-        for (std::size_t i = 0; i < n; ++i) adamw_update(p.value[i], p.grad[i], m[i], v[i], c);
+        for (std::size_t i = 0; i < n; ++i)
+          adamw_update(p.value[i], grad_scale == 1.0 ? p.grad[i] : p.grad[i] * gs, m[i], v[i], c);
       } else {
         std::size_t j = 0;  // index into the packed moments
         for (std::size_t i = 0; i < n; ++i)
           if (p.mask[i]) {
-            adamw_update(p.value[i], p.grad[i], m[j], v[j], c);
+            adamw_update(p.value[i], grad_scale == 1.0 ? p.grad[i] : p.grad[i] * gs, m[j], v[j], c);
             ++j;
           }
       }
@@ -82,6 +86,18 @@ class AdamW {
     std::int64_t b = 0;
     for (const auto& m : m_) b += 2 * std::int64_t(m.size()) * std::int64_t(sizeof(T));
     return b;
+  }
+  /// \brief Number of tensors.
+  std::size_t tensors() const { return params_.size(); }
+  /// \brief Restores the state of a checkpoint: step count and the packed moments of tensor k.
+  /// \throws Error when a moment vector has the wrong length.
+  void restore(std::int64_t steps, std::size_t k, std::span<const T> m, std::span<const T> v) {
+    LORALAB_CHECK(k < m_.size() && m.size() == m_[k].size() && v.size() == v_[k].size(),
+                  "[loralab.state] AdamW restore: tensor ", k, " expects ", k < m_.size() ? m_[k].size() : 0,
+                  " moments, got ", m.size(), " and ", v.size());
+    t_ = steps;
+    std::copy(m.begin(), m.end(), m_[k].begin());
+    std::copy(v.begin(), v.end(), v_[k].begin());
   }
   /// \brief Packed first moments of tensor k (trainable entries in order).
   std::span<const T> first_moment(std::size_t k) const { return m_.at(k); }

@@ -22,13 +22,14 @@ template <class T>
 void layernorm_forward(cpu::ConstMatrixRef<T> X,  // [n x d]
                        std::span<const T> gamma,  // [d]
                        std::span<const T> beta,   // [d]
-                       double eps,                //
+                       double eps,                // added to the variance
                        cpu::MatrixRef<T> Y,       // [n x d], written
                        std::span<T> mean,         // [n], written
                        std::span<T> rstd) {       // [n], written
   static_assert(detail::is_real_v<T>, "loralab: model layers support float and double");
   const Eigen::Index n = X.rows(), d = X.cols();
   constexpr const char* fn = "layernorm_forward";
+  detail::check_positive(d, fn, "d");
   detail::check_size(gamma.size(), d, fn, "gamma");
   detail::check_size(beta.size(), d, fn, "beta");
   detail::check_shape(Y, n, d, fn, "Y");
