@@ -9,9 +9,9 @@
 /// | --- | --- | --- |
 /// | `wte.weight`, `wpe.weight` | [V, d], [n_positions, d] | as is (also the tied head) |
 /// | `h.{l}.ln_1.weight`, `.bias` (and `ln_2`, `ln_f`) | [d] | as is |
-/// | `h.{l}.attn.c_attn.weight` | [d, 3d] (Conv1D: [in, out]) | transposed to [3d, d] ([out x in]) |
-/// | `h.{l}.attn.c_proj.weight`, `h.{l}.mlp.c_fc.weight`, `h.{l}.mlp.c_proj.weight` | [in, out] | transposed |
-/// | `h.{l}.*.bias` | [out] | as is |
+/// | `h.{l}.attn.c_attn.weight` | [d, 3d] (Conv1D: [in, out]) | transposed to [3d, d] ([out x in])
+/// | | `h.{l}.attn.c_proj.weight`, `h.{l}.mlp.c_fc.weight`, `h.{l}.mlp.c_proj.weight` | [in, out] |
+/// transposed | | `h.{l}.*.bias` | [out] | as is |
 ///
 /// On import, keys may carry the `transformer.` prefix of `GPT2LMHeadModel` checkpoints (all keys
 /// or none); `lm_head.weight` (tied to `wte`) and the attention buffers `h.{l}.attn.bias` and
@@ -332,9 +332,8 @@ void load_hf_gpt2_weights(const SafetensorsFile& file, model::GptWeights<T>& wei
     for (std::size_t i = 0; i < unexpected.size() && i < 10; ++i)
       os << (i ? ", " : "") << "'" << unexpected[i] << "'";
     if (unexpected.size() > 10) os << ", ... (" << unexpected.size() << " in all)";
-    LORALAB_FAIL("[loralab.io] ", src, ": unexpected tensor(s) ", os.str(),
-                 " for a GPT-2 with ", detail::hf_config_summary(cfg),
-                 " (does config.json match the weights?)");
+    LORALAB_FAIL("[loralab.io] ", src, ": unexpected tensor(s) ", os.str(), " for a GPT-2 with ",
+                 detail::hf_config_summary(cfg), " (does config.json match the weights?)");
   }
   std::copy(staged.begin(), staged.end(), weights.flat().begin());
 }

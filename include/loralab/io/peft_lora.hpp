@@ -88,15 +88,15 @@ enum class LoraFactor {
 /// \brief PEFT's key of a factor, e.g.
 /// `base_model.model.transformer.h.0.attn.c_attn.lora_A.weight`.
 inline std::string peft_lora_key(int layer, model::Module m, LoraFactor f) {
-  return "base_model.model.transformer.h." + std::to_string(layer) + "." +
-         model::module_name(m) + (f == LoraFactor::A ? ".lora_A.weight" : ".lora_B.weight");
+  return "base_model.model.transformer.h." + std::to_string(layer) + "." + model::module_name(m) +
+         (f == LoraFactor::A ? ".lora_A.weight" : ".lora_B.weight");
 }
 
 /// \ingroup io
 /// \brief The sidecar key of a factor's mask: the PEFT key with `.mask` for `.weight`.
 inline std::string loralab_mask_key(int layer, model::Module m, LoraFactor f) {
-  return "base_model.model.transformer.h." + std::to_string(layer) + "." +
-         model::module_name(m) + (f == LoraFactor::A ? ".lora_A.mask" : ".lora_B.mask");
+  return "base_model.model.transformer.h." + std::to_string(layer) + "." + model::module_name(m) +
+         (f == LoraFactor::A ? ".lora_A.mask" : ".lora_B.mask");
 }
 
 /// \ingroup io
@@ -117,7 +117,8 @@ inline std::string module_set_string(const model::ModuleSet& s) {
   std::string out = "{";
   for (int m = 0; m < model::kModulesPerBlock; ++m)
     if (s.contains(static_cast<model::Module>(m)))
-      out += std::string(out.size() > 1 ? ", " : "") + model::module_name(static_cast<model::Module>(m));
+      out += std::string(out.size() > 1 ? ", " : "") +
+             model::module_name(static_cast<model::Module>(m));
   return out + "}";
 }
 
@@ -129,12 +130,13 @@ inline bool same_modules(const model::ModuleSet& a, const model::ModuleSet& b) {
 
 /// PEFT's list rule: key == t or key ends with "." + t.
 inline bool peft_suffix_match(std::string_view key, std::string_view t) {
-  return key == t || (key.size() > t.size() && key.ends_with(t) && key[key.size() - t.size() - 1] == '.');
+  return key == t ||
+         (key.size() > t.size() && key.ends_with(t) && key[key.size() - t.size() - 1] == '.');
 }
 
 /// The ModuleSet of one layer under a target_modules value (list of suffixes or a regex).
-inline model::ModuleSet peft_layer_targets(const nlohmann::json& targets, int layer, const std::string& src,
-                                           std::vector<bool>* entry_used) {
+inline model::ModuleSet peft_layer_targets(const nlohmann::json& targets, int layer,
+                                           const std::string& src, std::vector<bool>* entry_used) {
   model::ModuleSet s;
   for (bool& b : s.on) b = false;
   const std::string h = "h." + std::to_string(layer) + ".";
@@ -207,14 +209,16 @@ constexpr int frozen_percent_of() {
 }
 
 /// Tensor names of `file` that are not in `used`, as an error.
-inline void reject_unexpected(const SafetensorsFile& file, const std::set<std::string, std::less<>>& used,
+inline void reject_unexpected(const SafetensorsFile& file,
+                              const std::set<std::string, std::less<>>& used,
                               const std::string& why) {
   std::vector<std::string> extra;
   for (const std::string& n : file.names())
     if (!used.contains(n)) extra.push_back(n);
   if (extra.empty()) return;
   std::ostringstream os;
-  for (std::size_t i = 0; i < extra.size() && i < 6; ++i) os << (i ? ", " : "") << "'" << extra[i] << "'";
+  for (std::size_t i = 0; i < extra.size() && i < 6; ++i)
+    os << (i ? ", " : "") << "'" << extra[i] << "'";
   if (extra.size() > 6) os << ", ... (" << extra.size() << " in all)";
   LORALAB_FAIL("[loralab.io] ", file.source(), ": unexpected tensor(s) ", os.str(), " ", why);
 }
@@ -242,8 +246,9 @@ inline model::ModuleSet module_set_from_peft(const nlohmann::json& target_module
   for (int l = 1; l < layers; ++l) {
     const model::ModuleSet s = detail::peft_layer_targets(target_modules, l, source, &used);
     LORALAB_CHECK(detail::same_modules(s, first), "[loralab.io] ", source, ": target_modules ",
-                  detail::json_excerpt(target_modules), " select ", detail::module_set_string(first),
-                  " in layer 0 but ", detail::module_set_string(s), " in layer ", l,
+                  detail::json_excerpt(target_modules), " select ",
+                  detail::module_set_string(first), " in layer 0 but ",
+                  detail::module_set_string(s), " in layer ", l,
                   "; loralab adapts the same modules in every layer");
   }
   for (std::size_t k = 0; k < used.size(); ++k)
@@ -317,9 +322,11 @@ void export_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesystem::path& dir
     const auto A = a.A();
     const auto B = a.B();
     buf.assign(A.data(), A.data() + A.size());
-    weights.add<T>(peft_lora_key(r.layer, r.module, LoraFactor::A), {A.rows(), A.cols()}, buf, dtype);
+    weights.add<T>(peft_lora_key(r.layer, r.module, LoraFactor::A), {A.rows(), A.cols()}, buf,
+                   dtype);
     buf.assign(B.data(), B.data() + B.size());
-    weights.add<T>(peft_lora_key(r.layer, r.module, LoraFactor::B), {B.rows(), B.cols()}, buf, dtype);
+    weights.add<T>(peft_lora_key(r.layer, r.module, LoraFactor::B), {B.rows(), B.cols()}, buf,
+                   dtype);
   }
   weights.set_metadata("format", "pt");
   weights.write(dir / kPeftWeightsFile);
@@ -343,17 +350,23 @@ void export_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesystem::path& dir
     masks.set_metadata("magic", "loralab-masks");
     masks.set_metadata("version", "1");
     masks.set_metadata("seed", std::to_string(ac.seed));
-    masks.set_metadata("mask_sampling", ac.mask_sampling == MaskSampling::exact ? "exact" : "bernoulli");
+    masks.set_metadata("mask_sampling",
+                       ac.mask_sampling == MaskSampling::exact ? "exact" : "bernoulli");
     masks.set_metadata("frozen_percent", std::to_string(detail::frozen_percent_of<Spec>()));
-    masks.set_metadata("module_id", "4 * layer + module (attn.c_attn 0, attn.c_proj 1, mlp.c_fc 2, mlp.c_proj 3)");
+    masks.set_metadata(
+        "module_id", "4 * layer + module (attn.c_attn 0, attn.c_proj 1, mlp.c_fc 2, mlp.c_proj 3)");
     masks.set_metadata("init", Spec::init::gaussian ? "GaussianA" : "KaimingUniformA");
-    masks.set_metadata("scaling", std::is_same_v<typename Spec::scaling, RsLoraScale> ? "RsLoraScale" : "AlphaOverRank");
-    masks.set_metadata("meaning", "1 = trainable, 0 = frozen at its value in adapter_model.safetensors");
+    masks.set_metadata("scaling", std::is_same_v<typename Spec::scaling, RsLoraScale>
+                                      ? "RsLoraScale"
+                                      : "AlphaOverRank");
+    masks.set_metadata("meaning",
+                       "1 = trainable, 0 = frozen at its value in adapter_model.safetensors");
     masks.write(sidecar);
   } else {
     std::error_code ec;
     std::filesystem::remove(sidecar, ec);
-    LORALAB_CHECK(!ec, "[loralab.io] ", sidecar.string(), ": cannot remove the stale mask sidecar: ", ec.message());
+    LORALAB_CHECK(!ec, "[loralab.io] ", sidecar.string(),
+                  ": cannot remove the stale mask sidecar: ", ec.message());
   }
   detail::write_text_atomic(dir / kPeftConfigFile, config.dump(2) + "\n");
 }
@@ -380,8 +393,9 @@ template <AdapterSpec Spec, class T>
 PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesystem::path& dir) {
   const auto refs = detail::adapters_of(gpt, "import_peft_lora");
   for (const auto& r : refs)
-    LORALAB_CHECK(!r.adapter->merged(), "[loralab.state] import_peft_lora: the adapter of h.", r.layer, ".",
-                  model::module_name(r.module), " is merged; unmerge() before loading adapters");
+    LORALAB_CHECK(!r.adapter->merged(), "[loralab.state] import_peft_lora: the adapter of h.",
+                  r.layer, ".", model::module_name(r.module),
+                  " is merged; unmerge() before loading adapters");
   const int layers = gpt.config().layers;
   const int rank = refs.front().adapter->rank();
 
@@ -398,29 +412,33 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
     return v == nullptr || v->is_null() || ((v->is_object() || v->is_array()) && v->empty());
   };
   const nlohmann::json* peft_type = field("peft_type");
-  LORALAB_CHECK(peft_type && peft_type->is_string() && peft_type->get<std::string>() == "LORA", "[loralab.io] ",
-                csrc, ": unsupported adapter: peft_type=", peft_type ? detail::json_excerpt(*peft_type) : "<missing>",
-                " (expected \"LORA\")");
+  LORALAB_CHECK(peft_type && peft_type->is_string() && peft_type->get<std::string>() == "LORA",
+                "[loralab.io] ", csrc, ": unsupported adapter: peft_type=",
+                peft_type ? detail::json_excerpt(*peft_type) : "<missing>", " (expected \"LORA\")");
   const nlohmann::json* r_field = field("r");
   LORALAB_CHECK(r_field && r_field->is_number_integer(), "[loralab.io] ", csrc,
-                ": field 'r' must be an integer, got ", r_field ? detail::json_excerpt(*r_field) : "<missing>");
-  LORALAB_CHECK(r_field->get<std::int64_t>() == rank, "[loralab.io] ", csrc, ": rank mismatch: r=",
-                r_field->get<std::int64_t>(), " in the file, but the model's adapters have rank ", rank);
+                ": field 'r' must be an integer, got ",
+                r_field ? detail::json_excerpt(*r_field) : "<missing>");
+  LORALAB_CHECK(r_field->get<std::int64_t>() == rank, "[loralab.io] ", csrc,
+                ": rank mismatch: r=", r_field->get<std::int64_t>(),
+                " in the file, but the model's adapters have rank ", rank);
   const nlohmann::json* alpha = field("lora_alpha");
-  LORALAB_CHECK(alpha && alpha->is_number(), "[loralab.io] ", csrc, ": field 'lora_alpha' must be a number, got ",
+  LORALAB_CHECK(alpha && alpha->is_number(), "[loralab.io] ", csrc,
+                ": field 'lora_alpha' must be a number, got ",
                 alpha ? detail::json_excerpt(*alpha) : "<missing>");
   LORALAB_CHECK(alpha->get<double>() == gpt.options().adapter.alpha, "[loralab.io] ", csrc,
-                ": lora_alpha mismatch: ", alpha->get<double>(), " in the file, but the model's adapters use alpha=",
-                gpt.options().adapter.alpha);
+                ": lora_alpha mismatch: ", alpha->get<double>(),
+                " in the file, but the model's adapters use alpha=", gpt.options().adapter.alpha);
   bool rslora = false;
   if (const nlohmann::json* v = field("use_rslora"); v && !v->is_null()) {
-    LORALAB_CHECK(v->is_boolean(), "[loralab.io] ", csrc, ": field 'use_rslora' must be true or false, got ",
-                  detail::json_excerpt(*v));
+    LORALAB_CHECK(v->is_boolean(), "[loralab.io] ", csrc,
+                  ": field 'use_rslora' must be true or false, got ", detail::json_excerpt(*v));
     rslora = v->get<bool>();
   }
   constexpr bool model_rslora = std::is_same_v<typename Spec::scaling, RsLoraScale>;
-  LORALAB_CHECK(rslora == model_rslora, "[loralab.io] ", csrc, ": scaling mismatch: use_rslora=",
-                rslora ? "true" : "false", " in the file, but the model's adapters scale by ",
+  LORALAB_CHECK(rslora == model_rslora, "[loralab.io] ", csrc,
+                ": scaling mismatch: use_rslora=", rslora ? "true" : "false",
+                " in the file, but the model's adapters scale by ",
                 model_rslora ? "alpha/sqrt(r) (RsLoraScale)" : "alpha/r (AlphaOverRank)");
   if (const nlohmann::json* v = field("bias"); v && !v->is_null())
     LORALAB_CHECK(v->is_string() && v->get<std::string>() == "none", "[loralab.io] ", csrc,
@@ -430,7 +448,8 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
                   ": unsupported adapter: use_dora=", detail::json_excerpt(*v));
   for (const char* key : {"rank_pattern", "alpha_pattern", "modules_to_save"})
     LORALAB_CHECK(absent_or_empty(key), "[loralab.io] ", csrc, ": unsupported adapter: ", key, "=",
-                  detail::json_excerpt(*field(key)), " (loralab needs one rank and alpha for every module)");
+                  detail::json_excerpt(*field(key)),
+                  " (loralab needs one rank and alpha for every module)");
   if (const nlohmann::json* v = field("layers_to_transform"); v && !v->is_null()) {
     std::set<std::int64_t> listed;
     if (v->is_number_integer()) listed.insert(v->get<std::int64_t>());
@@ -439,7 +458,8 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
         if (e.is_number_integer()) listed.insert(e.get<std::int64_t>());
     bool all = std::int64_t(listed.size()) == layers;
     for (int l = 0; l < layers && all; ++l) all = listed.contains(l);
-    LORALAB_CHECK(all, "[loralab.io] ", csrc, ": unsupported adapter: layers_to_transform=", detail::json_excerpt(*v),
+    LORALAB_CHECK(all, "[loralab.io] ", csrc,
+                  ": unsupported adapter: layers_to_transform=", detail::json_excerpt(*v),
                   " (loralab adapts all ", layers, " layers)");
   }
   const nlohmann::json* tm = field("target_modules");
@@ -453,12 +473,15 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
   // ---- adapter_model.safetensors
   const SafetensorsFile wfile = SafetensorsFile::load(dir / kPeftWeightsFile);
   const std::string wsrc = wfile.source();
-  const bool bare = !wfile.contains(peft_lora_key(refs.front().layer, refs.front().module, LoraFactor::A)) &&
-                    wfile.contains("base_model.model.h." + std::to_string(refs.front().layer) + "." +
-                                   model::module_name(refs.front().module) + ".lora_A.weight");
+  const bool bare =
+      !wfile.contains(peft_lora_key(refs.front().layer, refs.front().module, LoraFactor::A)) &&
+      wfile.contains("base_model.model.h." + std::to_string(refs.front().layer) + "." +
+                     model::module_name(refs.front().module) + ".lora_A.weight");
   auto key_of = [&](const auto& r, LoraFactor f) {
     std::string k = peft_lora_key(r.layer, r.module, f);
-    if (bare) k.erase(std::string_view("base_model.model.").size(), std::string_view("transformer.").size());
+    if (bare)
+      k.erase(std::string_view("base_model.model.").size(),
+              std::string_view("transformer.").size());
     return k;
   };
   std::set<std::string, std::less<>> used;
@@ -470,13 +493,13 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
       const std::vector<std::int64_t> want =
           f == LoraFactor::A ? std::vector<std::int64_t>{rank, a.in_features()}
                              : std::vector<std::int64_t>{a.out_features(), rank};
-      LORALAB_CHECK(wfile.contains(key), "[loralab.io] ", wsrc, ": missing tensor '", key, "' (the model adapts ",
-                    model::module_name(r.module), " in every layer)");
+      LORALAB_CHECK(wfile.contains(key), "[loralab.io] ", wsrc, ": missing tensor '", key,
+                    "' (the model adapts ", model::module_name(r.module), " in every layer)");
       const TensorInfo& info = wfile.info(key);
       LORALAB_CHECK(info.shape == want, "[loralab.io] ", wsrc, ": tensor '", key, "' has shape ",
                     detail::shape_string(info.shape), ", expected ", detail::shape_string(want),
-                    f == LoraFactor::A ? " (lora_A [r x in]" : " (lora_B [out x r]", " with the model's rank ", rank,
-                    ")");
+                    f == LoraFactor::A ? " (lora_A [r x in]" : " (lora_B [out x r]",
+                    " with the model's rank ", rank, ")");
       staged.push_back(wfile.read<T>(key));
       used.insert(key);
     }
@@ -489,12 +512,14 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
   const bool have_masks = std::filesystem::exists(mpath, ec);
   std::vector<std::vector<std::int64_t>> masks;
   if (have_masks) {
-    LORALAB_CHECK(Spec::freeze::has_mask, "[loralab.io] ", mpath.string(),
-                  ": the adapter has LoRA-SP masks, but the model's adapter type has no freeze mask "
-                  "(build it with RandomMask<p>, or delete the sidecar to drop the masks)");
+    LORALAB_CHECK(
+        Spec::freeze::has_mask, "[loralab.io] ", mpath.string(),
+        ": the adapter has LoRA-SP masks, but the model's adapter type has no freeze mask "
+        "(build it with RandomMask<p>, or delete the sidecar to drop the masks)");
     const SafetensorsFile mfile = SafetensorsFile::load(mpath);
     const auto magic = mfile.metadata().find("magic");
-    LORALAB_CHECK(magic != mfile.metadata().end() && magic->second == "loralab-masks", "[loralab.io] ", mpath.string(),
+    LORALAB_CHECK(magic != mfile.metadata().end() && magic->second == "loralab-masks",
+                  "[loralab.io] ", mpath.string(),
                   ": not a loralab mask sidecar (metadata magic is not \"loralab-masks\")");
     std::set<std::string, std::less<>> mused;
     for (const auto& r : refs) {
@@ -504,11 +529,12 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
         const std::vector<std::int64_t> want =
             f == LoraFactor::A ? std::vector<std::int64_t>{rank, a.in_features()}
                                : std::vector<std::int64_t>{a.out_features(), rank};
-        LORALAB_CHECK(mfile.contains(key), "[loralab.io] ", mpath.string(), ": missing mask '", key, "'");
+        LORALAB_CHECK(mfile.contains(key), "[loralab.io] ", mpath.string(), ": missing mask '", key,
+                      "'");
         std::vector<std::int64_t> v = mfile.read<std::int64_t>(key, want);
         for (std::int64_t x : v)
-          LORALAB_CHECK(x == 0 || x == 1, "[loralab.io] ", mpath.string(), ": mask '", key, "' holds ", x,
-                        "; masks are 0 (frozen) or 1 (trainable)");
+          LORALAB_CHECK(x == 0 || x == 1, "[loralab.io] ", mpath.string(), ": mask '", key,
+                        "' holds ", x, "; masks are 0 (frozen) or 1 (trainable)");
         masks.push_back(std::move(v));
         mused.insert(key);
       }
@@ -531,7 +557,8 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
         const std::vector<std::int64_t>& mB = masks[2 * k + 1];
         LORALAB_ASSERT(m.size() == mA.size() + mB.size());
         for (std::size_t i = 0; i < mA.size(); ++i) m[i] = static_cast<std::uint8_t>(mA[i]);
-        for (std::size_t i = 0; i < mB.size(); ++i) m[mA.size() + i] = static_cast<std::uint8_t>(mB[i]);
+        for (std::size_t i = 0; i < mB.size(); ++i)
+          m[mA.size() + i] = static_cast<std::uint8_t>(mB[i]);
       }
     }
     a.zero_grad();

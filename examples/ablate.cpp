@@ -1,0 +1,416 @@
+// ablate: the main job. Pretrains (or loads a cached) byte-level GPT-2-style base, then fine-tunes
+// every arm on a task it was not trained for, over several seeds with the same data and budget,
+// and prints a table (trainable parameters, optimizer state, accounted training memory, final
+// metric mean +- spread, tokens/s); writes results.csv, curves.csv and curves.png.
+//
+// Tasks: a synthetic suite (pretrain on addition + copy + reversal, fine-tune on sorting by
+// default; exact-match accuracy of the answer span) and `fortunes` (pretrain a byte LM on most
+// fortune categories, fine-tune on held-out ones; validation bits per byte).
+//
+// Adding an arm is one line in make_arms(): a name, an adapter type, a train mode.
+#include <loralab/loralab.hpp>
+#include <loralab/train/trainer.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace loralab;
+
+struct Options {
+  std::string task = "sorting";
+  std::vector<std::string> arms = {"full", "lora", "lora-sp"};
+  int rank = 8;
+  double alpha = 16;
+  std::int64_t steps = 600;
+  std::int64_t pretrain_steps = 2000;
+  int seeds = 3;
+  int batch = 32;
+  double lr_adapter = 3e-3, lr_full = 1e-3, lr_pretrain = 3e-3;
+  int eval_examples = 100;
+  std::int64_t eval_every = 200;
+  fs::path out = "ablate-out";
+  int threads =
+      1;  // Eigen threads: on these tiny matrices OpenMP synchronization costs more than it gains
+  model::GptConfig model;
+  bool plot = true;
+};
+
+// ---- the task: batches, evaluation, pretraining data -------------------------------------------
+struct Task {
+  std::function<data::Batch(std::uint64_t seed, std::int64_t step)> pretrain_batch;
+  std::function<data::Batch(std::uint64_t seed, std::int64_t step)> finetune_batch;
+  std::function<train::EvalResult(
+      model::Gpt<Adapter<DynamicRank>, float>*, std::function<double(const data::Batch&)>,
+      std::function<std::vector<std::int32_t>(std::vector<std::int32_t>)>)>
+      evaluate;
+  std::string metric_name;
+  bool higher_is_better = true;
+  std::string description;
+};
+
+Task make_synthetic(const Options& o, data::Task target) {
+  const std::vector<data::Task> pre = {data::Task::addition, data::Task::copy,
+                                       data::Task::reversal};
+  const data::TaskOptions topt;
+  const std::int64_t len = o.model.context;
+  Task t;
+  t.description = "pretrain on addition+copy+reversal, fine-tune on " + data::task_name(target);
+  t.metric_name = "exact_match";
+  t.pretrain_batch = [=](std::uint64_t seed, std::int64_t step) {
+    return data::make_batch(data::mixture(pre, seed, std::uint64_t(step) * o.batch, o.batch, topt),
+                            len);
+  };
+  t.finetune_batch = [=](std::uint64_t seed, std::int64_t step) {
+    std::vector<data::Example> ex;
+    for (int i = 0; i < o.batch; ++i)
+      ex.push_back(data::make_example(target, seed, std::uint64_t(step) * o.batch + i, topt));
+    return data::make_batch(ex, len);
+  };
+  // Held out: a fixed seed no training seed uses, indices far from the training range.
+  std::vector<data::Example> held;
+  for (int i = 0; i < o.eval_examples; ++i)
+    held.push_back(data::make_example(target, 0xE7A1, 1'000'000 + i, topt));
+  t.evaluate = [=](auto*, std::function<double(const data::Batch&)> loss_of,
+                   std::function<std::vector<std::int32_t>(std::vector<std::int32_t>)> generate) {
+    const double loss = loss_of(
+        data::make_batch(std::span(held).first(std::min<std::size_t>(64, held.size())), len));
+    const double acc = data::exact_match(held, [&](const std::string& prompt) {
+      std::vector<std::int32_t> toks = data::encode(prompt);
+      toks.insert(toks.begin(), data::kBos);
+      return data::decode(generate(toks));
+    });
+    return train::EvalResult{loss, acc};
+  };
+  return t;
+}
+
+Task make_fortunes(const Options& o) {
+  const data::FortuneCorpus corpus = data::load_fortunes();
+  const auto held = data::default_held_out_categories();
+  auto split = std::make_shared<data::DomainSplit>(data::domain_split(corpus, held, 0.1, 7));
+  const std::int64_t len = o.model.context;
+  Task t;
+  t.description = "pretrain a byte LM on " +
+                  std::to_string(corpus.by_category.size() - held.size()) +
+                  " fortune categories, fine-tune on the held-out computing ones";
+  t.metric_name = "bits_per_byte";
+  t.higher_is_better = false;
+  t.pretrain_batch = [=](std::uint64_t seed, std::int64_t step) {
+    return data::lm_batch(split->pretrain.train, o.batch, len, seed, std::uint64_t(step));
+  };
+  t.finetune_batch = [=](std::uint64_t seed, std::int64_t step) {
+    return data::lm_batch(split->finetune.train, o.batch, len, seed, std::uint64_t(step));
+  };
+  t.evaluate = [=](auto*, std::function<double(const data::Batch&)> loss_of, auto) {
+    const std::int64_t n = std::min<std::int64_t>(
+        8, data::lm_sequential_batch_count(split->finetune.valid.size(), o.batch, len));
+    double sum = 0;
+    for (std::int64_t i = 0; i < n; ++i)
+      sum += loss_of(data::lm_sequential_batch(split->finetune.valid, o.batch, len, i));
+    const double loss = sum / double(n);
+    return train::EvalResult{loss, loss / std::log(2.0)};
+  };
+  return t;
+}
+
+// ---- the pretrained base, cached with its config and a hash of how it was made ----------------
+std::uint64_t fnv1a(const std::string& s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+model::GptWeights<float> pretrained_base(const Options& o, const Task& task) {
+  std::ostringstream recipe;
+  recipe << "loralab " << version_string << "|" << o.model.to_string()
+         << "|task=" << task.description << "|steps=" << o.pretrain_steps << "|lr=" << o.lr_pretrain
+         << "|batch=" << o.batch << "|seed=1";
+  const std::string hash = std::to_string(fnv1a(recipe.str()));
+  const fs::path cache = o.out / ("base-" + hash + ".safetensors");
+  model::GptWeights<float> w(o.model);
+  if (fs::exists(cache)) {
+    try {
+      const io::SafetensorsFile f = io::SafetensorsFile::load(cache);
+      LORALAB_CHECK(f.metadata().count("recipe_hash") && f.metadata().at("recipe_hash") == hash,
+                    "[loralab.io] cache recipe differs");
+      const std::vector<float> v = f.read<float>("weights", {std::int64_t(w.flat().size())});
+      std::copy(v.begin(), v.end(), w.flat().begin());
+      std::fprintf(stderr, "[ablate] loaded the pretrained base from %s\n", cache.string().c_str());
+      return w;
+    } catch (const Error& e) {
+      std::fprintf(stderr, "[ablate] cache %s is stale or corrupt (%s); rebuilding\n",
+                   cache.string().c_str(), e.what());
+    }
+  }
+  std::fprintf(stderr, "[ablate] pretraining the base (%lld steps): %s\n",
+               static_cast<long long>(o.pretrain_steps), recipe.str().c_str());
+  w.init_gpt2(1);
+  model::GptOptions opts;
+  opts.mode = model::TrainMode::full;
+  model::Gpt<Adapter<DynamicRank>, float> m(w, opts);
+  train::TrainConfig cfg;
+  cfg.steps = o.pretrain_steps;
+  cfg.lr = o.lr_pretrain;
+  cfg.warmup = std::min<std::int64_t>(100, o.pretrain_steps / 10);
+  cfg.eval_every = o.pretrain_steps;
+  cfg.label = "pretrain";
+  train::Trainer<decltype(m)> t(
+      m, cfg, [&](std::int64_t step, int) { return task.pretrain_batch(1, step); },
+      [&] {
+        const data::Batch b = task.pretrain_batch(999, 0);
+        return train::EvalResult{
+            m.forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0}), 0};
+      });
+  const auto r = t.run();
+  std::fprintf(stderr, "[ablate] pretraining done: held-out loss %.4f\n", r.curve.back().eval.loss);
+  io::SafetensorsWriter writer;
+  writer.add<float>("weights", {std::int64_t(w.flat().size())}, std::span<const float>(w.flat()));
+  writer.set_metadata("recipe_hash", hash);
+  writer.set_metadata("recipe", recipe.str());
+  writer.set_metadata("config", o.model.to_string());
+  writer.write(cache);  // atomic: a crash never leaves a half file
+  return w;
+}
+
+// ---- arms -------------------------------------------------------------------------------------
+struct ArmRun {
+  std::vector<train::EvalPoint> curve;
+  double tokens_per_second = 0;
+  MemoryReport memory;
+  std::int64_t optimizer_bytes = 0;
+};
+
+struct Arm {
+  std::string name;
+  std::function<ArmRun(const Options&, const Task&, const model::GptWeights<float>&,
+                       std::uint64_t seed)>
+      run;
+};
+
+template <class Spec>
+Arm make_arm(std::string name, model::TrainMode mode) {
+  return Arm{name, [name, mode](const Options& o, const Task& task,
+                                const model::GptWeights<float>& base, std::uint64_t seed) {
+               model::GptWeights<float> w = base;  // every arm starts from the same base
+               model::GptOptions opts;
+               opts.mode = mode;
+               opts.adapter.rank = o.rank;
+               opts.adapter.alpha = o.alpha;
+               opts.adapter.seed = seed;
+               model::Gpt<Spec, float> m(w, opts);
+               train::TrainConfig cfg;
+               cfg.steps = o.steps;
+               cfg.lr = mode == model::TrainMode::full ? o.lr_full : o.lr_adapter;
+               cfg.warmup = std::min<std::int64_t>(50, o.steps / 10);
+               cfg.eval_every = o.eval_every;
+               cfg.label = name + "/seed" + std::to_string(seed);
+               auto loss_of = [&](const data::Batch& b) {
+                 return m.forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0});
+               };
+               auto generate = [&](std::vector<std::int32_t> prompt) {
+                 return m.generate(std::move(prompt), 8, data::kEos);
+               };
+               train::Trainer<decltype(m)> t(
+                   m, cfg, [&](std::int64_t step, int) { return task.finetune_batch(seed, step); },
+                   [&] { return task.evaluate(nullptr, loss_of, generate); });
+               ArmRun r;
+               const auto res = t.run();
+               r.curve = res.curve;
+               r.tokens_per_second = res.tokens_per_second;
+               r.memory = m.memory(std::int64_t(o.batch) * o.model.context);
+               r.optimizer_bytes = t.optimizer().state_bytes();
+               return r;
+             }};
+}
+
+std::map<std::string, Arm> make_arms() {
+  std::map<std::string, Arm> arms;
+  auto add = [&](Arm a) { arms.emplace(a.name, std::move(a)); };
+  add(make_arm<Adapter<DynamicRank>>("full", model::TrainMode::full));
+  add(make_arm<Adapter<DynamicRank>>("lora", model::TrainMode::adapters));
+  add(make_arm<Adapter<DynamicRank, RandomMask<50>>>("lora-sp", model::TrainMode::adapters));
+  add(make_arm<Adapter<DynamicRank, FreezeA>>("lora-fa", model::TrainMode::adapters));
+  return arms;
+}
+
+// ---- command line -----------------------------------------------------------------------------
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+void usage(const std::map<std::string, Arm>& arms) {
+  std::printf(
+      "usage: ablate [options]\n"
+      "  --task NAME          sorting (default), addition, copy, reversal, multiplication, "
+      "fortunes\n"
+      "  --arms LIST          comma list of arms (default full,lora,lora-sp); available:");
+  for (const auto& [name, arm] : arms) std::printf(" %s", name.c_str());
+  std::printf(
+      "\n"
+      "  --rank R             adapter rank (default 8); --alpha A (default 16)\n"
+      "  --steps N            fine-tuning steps per arm and seed (default 600)\n"
+      "  --pretrain-steps N   pretraining steps of the base (default 2000; cached)\n"
+      "  --seeds K            seeds per arm (default 3)\n"
+      "  --batch B            sequences per step (default 32)\n"
+      "  --eval-every N       evaluation period (default 200); --eval-examples N (default 100)\n"
+      "  --d-model D --layers L --heads H --context C   model size (default 64, 2, 4, 24; "
+      "fortunes: C=64)\n"
+      "  --out DIR            output folder (default ablate-out)\n"
+      "  --threads N          Eigen threads (default 1: faster for these small matrices)\n"
+      "  --no-plot            skip curves.png\n");
+}
+
+Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
+  Options o;
+  o.model.vocab_size = data::kVocabSize;
+  o.model.context = 0;
+  o.model.layers = 2;
+  o.model.heads = 4;
+  o.model.d_model = 64;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      LORALAB_CHECK(i + 1 < argc, "[loralab.config] option ", a, " needs a value");
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      usage(arms);
+      std::exit(0);
+    } else if (a == "--task")
+      o.task = value();
+    else if (a == "--arms")
+      o.arms = split_list(value());
+    else if (a == "--rank")
+      o.rank = std::stoi(value());
+    else if (a == "--alpha")
+      o.alpha = std::stod(value());
+    else if (a == "--steps")
+      o.steps = std::stoll(value());
+    else if (a == "--pretrain-steps")
+      o.pretrain_steps = std::stoll(value());
+    else if (a == "--seeds")
+      o.seeds = std::stoi(value());
+    else if (a == "--batch")
+      o.batch = std::stoi(value());
+    else if (a == "--eval-every")
+      o.eval_every = std::stoll(value());
+    else if (a == "--eval-examples")
+      o.eval_examples = std::stoi(value());
+    else if (a == "--d-model")
+      o.model.d_model = std::stoi(value());
+    else if (a == "--layers")
+      o.model.layers = std::stoi(value());
+    else if (a == "--heads")
+      o.model.heads = std::stoi(value());
+    else if (a == "--context")
+      o.model.context = std::stoi(value());
+    else if (a == "--out")
+      o.out = value();
+    else if (a == "--no-plot")
+      o.plot = false;
+    else if (a == "--threads")
+      o.threads = std::stoi(value());
+    else
+      LORALAB_FAIL("[loralab.config] unknown option '", a, "' (see --help)");
+  }
+  if (o.model.context == 0) o.model.context = o.task == "fortunes" ? 64 : 24;
+  LORALAB_CHECK(o.seeds >= 1 && o.steps >= 1 && o.pretrain_steps >= 1 && o.batch >= 1,
+                "[loralab.config] seeds, steps, pretrain-steps and batch must be >= 1");
+  for (const auto& name : o.arms)
+    LORALAB_CHECK(arms.count(name), "[loralab.config] unknown arm '", name,
+                  "' (see --help for the list)");
+  o.model.validate();
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const auto arms = make_arms();
+    const Options o = parse(argc, argv, arms);
+    fs::create_directories(o.out);
+    Eigen::setNbThreads(o.threads);
+    const Task task =
+        o.task == "fortunes" ? make_fortunes(o) : make_synthetic(o, data::parse_task(o.task));
+    std::printf(
+        "loralab %s ablate: %s\nmodel: %s\narms: %zu x %d seeds, %lld steps each, rank %d\n\n",
+        version_string, task.description.c_str(), o.model.to_string().c_str(), o.arms.size(),
+        o.seeds, static_cast<long long>(o.steps), o.rank);
+    const model::GptWeights<float> base = pretrained_base(o, task);
+    const std::int64_t base_bytes = std::int64_t(base.flat().size() * sizeof(float));
+
+    std::ofstream results(o.out / "results.csv"), curves(o.out / "curves.csv");
+    results << "arm,seed,trainable_params,optimizer_state_bytes,accounted_memory_bytes,final_eval_"
+               "loss,final_"
+            << task.metric_name << ",tokens_per_second\n";
+    curves << "arm,seed,step,train_loss,eval_loss," << task.metric_name << "\n";
+    std::printf("%-9s %12s %12s %14s %22s %10s\n", "arm", "trainable", "optim bytes",
+                "memory bytes", (task.metric_name + " (mean +- sd)").c_str(), "tok/s");
+    for (const auto& name : o.arms) {
+      std::vector<double> finals;
+      double tps = 0;
+      ArmRun last;
+      for (int s = 0; s < o.seeds; ++s) {
+        const std::uint64_t seed = 1000 + std::uint64_t(s);
+        last = arms.at(name).run(o, task, base, seed);
+        const auto& end = last.curve.back();
+        finals.push_back(end.eval.metric);
+        tps += last.tokens_per_second / o.seeds;
+        const std::int64_t memory = base_bytes + last.memory.total_bytes() -
+                                    last.memory.optimizer_state_bytes + last.optimizer_bytes;
+        results << name << ',' << seed << ',' << last.memory.trainable_params << ','
+                << last.optimizer_bytes << ',' << memory << ',' << end.eval.loss << ','
+                << end.eval.metric << ',' << last.tokens_per_second << '\n';
+        for (const auto& p : last.curve)
+          curves << name << ',' << seed << ',' << p.step << ',' << p.train_loss << ','
+                 << p.eval.loss << ',' << p.eval.metric << '\n';
+      }
+      double mean = 0, var = 0;
+      for (double f : finals) mean += f / double(finals.size());
+      for (double f : finals)
+        var += (f - mean) * (f - mean) / double(std::max<std::size_t>(1, finals.size() - 1));
+      const std::int64_t memory = base_bytes + last.memory.total_bytes() -
+                                  last.memory.optimizer_state_bytes + last.optimizer_bytes;
+      std::printf("%-9s %12lld %12lld %14lld %14.4f +- %.4f %10.0f\n", name.c_str(),
+                  static_cast<long long>(last.memory.trainable_params),
+                  static_cast<long long>(last.optimizer_bytes), static_cast<long long>(memory),
+                  mean, std::sqrt(var), tps);
+      std::fflush(stdout);
+    }
+    results.close();
+    curves.close();
+    std::printf("\nwrote %s and %s\n", (o.out / "results.csv").string().c_str(),
+                (o.out / "curves.csv").string().c_str());
+    if (o.plot) {
+      const fs::path script = fs::path(LORALAB_SOURCE_DIR) / "examples" / "plot_curves.py";
+      const std::string cmd = "/usr/bin/python3 '" + script.string() + "' '" +
+                              (o.out / "curves.csv").string() + "' '" +
+                              (o.out / "curves.png").string() + "' " + task.metric_name;
+      if (std::system(cmd.c_str()) == 0)
+        std::printf("wrote %s\n", (o.out / "curves.png").string().c_str());
+      else
+        std::fprintf(stderr, "[ablate] plotting failed (needs Debian's python3-matplotlib): %s\n",
+                     cmd.c_str());
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ablate: %s\n", e.what());
+    return 1;
+  }
+}
