@@ -202,3 +202,17 @@ TEST_CASE("bad input: too long a sequence, a token outside the vocabulary, unkno
   CHECK_THROWS_WITH_AS(model::ModuleSet::parse("c_attn,q_proj"),
                        doctest::Contains("unknown target module 'q_proj'"), Error);
 }
+
+TEST_CASE("shared pools are owned by the model and reach the optimizer") {
+  GptWeights<float> w(tiny());
+  Gpt<Adapter<Rank<2>>, float> m(w, GptOptions{});
+  const std::size_t before = m.parameters().size();
+  auto& pool = m.shared_pool("mos.A.qkv", 40);
+  pool.grad[3] = 1.5f;
+  CHECK(&m.shared_pool("mos.A.qkv", 40) == &pool);
+  CHECK_THROWS_WITH_AS(m.shared_pool("mos.A.qkv", 41),
+                       doctest::Contains("has 40 entries, requested 41"), Error);
+  CHECK(m.parameters().size() == before + 1);
+  m.zero_grad();
+  CHECK(pool.grad[3] == 0.0f);
+}

@@ -7,8 +7,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "loralab/adapter.hpp"
@@ -158,18 +160,42 @@ class Gpt {
     if (full()) embedding_backward<T>(dx, tokens_, batch_, seq_, grad_view(0), grad_view(1));
   }
 
-  /// \brief Zeroes every gradient (adapters', or the weights' in full mode).
+  /// \brief A trainable buffer shared across blocks (cross-layer sharing such as MoS pools),
+  /// owned by the model: created zero-filled on first use, included in parameters() and
+  /// zero_grad(). \throws Error when an existing pool is requested with another size.
+  struct SharedPool {
+    std::vector<T> value;  ///< pool entries
+    std::vector<T> grad;   ///< their gradient, summed over every block that uses them
+  };
+  /// \brief The pool named `name` with `size` entries (see SharedPool).
+  SharedPool& shared_pool(const std::string& name, std::size_t size) {
+    auto [it, inserted] = pools_.try_emplace(name);
+    if (inserted) {
+      it->second.value.assign(size, T(0));
+      it->second.grad.assign(size, T(0));
+    }
+    LORALAB_CHECK(it->second.value.size() == size, "[loralab.shape] shared pool '", name, "' has ",
+                  it->second.value.size(), " entries, requested ", size);
+    return it->second;
+  }
+
+  /// \brief Zeroes every gradient (adapters', shared pools', or the weights' in full mode).
   void zero_grad() {
     std::fill(grads_.begin(), grads_.end(), T(0));
+    for (auto& [name, pool] : pools_) std::fill(pool.grad.begin(), pool.grad.end(), T(0));
     for (auto& a : adapters_)
       if (a) a->zero_grad();
   }
 
   /// \brief The tensors an optimizer updates: every adapter's (A, B, mask), or the whole weight
-  /// buffer in full mode.
+  /// buffer in full mode; then the shared pools.
   std::vector<ParamTensor<T>> parameters() {
-    if (full()) return {ParamTensor<T>{w_.flat(), grads_, {}}};
     std::vector<ParamTensor<T>> out;
+    for (auto& [name, pool] : pools_) out.push_back(ParamTensor<T>{pool.value, pool.grad, {}});
+    if (full()) {
+      out.insert(out.begin(), ParamTensor<T>{w_.flat(), grads_, {}});
+      return out;
+    }
     for (auto& a : adapters_)
       if (a)
         for (auto& p : a->parameters()) out.push_back(p);
@@ -364,6 +390,7 @@ class Gpt {
   ModelHooks<T> hooks_;
   std::vector<std::unique_ptr<cpu::AdaptedLinear<Spec, T>>> adapters_;  // [L x 4], null = none
   std::vector<T> grads_;                                                // full mode: like w_.flat()
+  std::map<std::string, SharedPool> pools_;
   std::vector<bool> trainable_;
   std::vector<BlockActs> acts_;
   std::vector<std::int32_t> tokens_, targets_;
