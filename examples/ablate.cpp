@@ -10,6 +10,7 @@
 // Adding an arm is one line in make_arms(): a name, an adapter type, a train mode.
 #include <loralab/loralab.hpp>
 #include <loralab/train/trainer.hpp>
+#include <loralab/train/weights_cache.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -125,34 +126,19 @@ Task make_fortunes(const Options& o) {
 }
 
 // ---- the pretrained base, cached with its config and a hash of how it was made ----------------
-std::uint64_t fnv1a(const std::string& s) {
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 model::GptWeights<float> pretrained_base(const Options& o, const Task& task) {
   std::ostringstream recipe;
   recipe << "loralab " << version_string << "|" << o.model.to_string()
          << "|task=" << task.description << "|steps=" << o.pretrain_steps << "|lr=" << o.lr_pretrain
          << "|batch=" << o.batch << "|seed=1";
-  const std::string hash = std::to_string(fnv1a(recipe.str()));
-  const fs::path cache = o.out / ("base-" + hash + ".safetensors");
+  const fs::path cache = o.out / ("base-" + train::recipe_hash(recipe.str()) + ".safetensors");
   model::GptWeights<float> w(o.model);
-  if (fs::exists(cache)) {
-    try {
-      const io::SafetensorsFile f = io::SafetensorsFile::load(cache);
-      LORALAB_CHECK(f.metadata().count("recipe_hash") && f.metadata().at("recipe_hash") == hash,
-                    "[loralab.io] cache recipe differs");
-      const std::vector<float> v = f.read<float>("weights", {std::int64_t(w.flat().size())});
-      std::copy(v.begin(), v.end(), w.flat().begin());
-      std::fprintf(stderr, "[ablate] loaded the pretrained base from %s\n", cache.string().c_str());
-      return w;
-    } catch (const Error& e) {
-      std::fprintf(stderr, "[ablate] cache %s is stale or corrupt (%s); rebuilding\n",
-                   cache.string().c_str(), e.what());
-    }
+  std::string why;
+  if (train::load_cached_weights(cache, recipe.str(), w, &why)) {
+    std::fprintf(stderr, "[ablate] loaded the pretrained base from %s\n", cache.string().c_str());
+    return w;
   }
+  if (fs::exists(cache)) std::fprintf(stderr, "[ablate] %s; rebuilding it\n", why.c_str());
   std::fprintf(stderr, "[ablate] pretraining the base (%lld steps): %s\n",
                static_cast<long long>(o.pretrain_steps), recipe.str().c_str());
   w.init_gpt2(1);
@@ -174,12 +160,7 @@ model::GptWeights<float> pretrained_base(const Options& o, const Task& task) {
       });
   const auto r = t.run();
   std::fprintf(stderr, "[ablate] pretraining done: held-out loss %.4f\n", r.curve.back().eval.loss);
-  io::SafetensorsWriter writer;
-  writer.add<float>("weights", {std::int64_t(w.flat().size())}, std::span<const float>(w.flat()));
-  writer.set_metadata("recipe_hash", hash);
-  writer.set_metadata("recipe", recipe.str());
-  writer.set_metadata("config", o.model.to_string());
-  writer.write(cache);  // atomic: a crash never leaves a half file
+  train::save_cached_weights(cache, recipe.str(), w);  // atomic: a crash never leaves a half file
   return w;
 }
 
