@@ -28,7 +28,7 @@
 /// \defgroup train Training
 /// \brief Schedules, trainer, checkpoints.
 /// \defgroup io Input and output
-/// \brief safetensors read and write.
+/// \brief safetensors, HF GPT-2 checkpoints, PEFT LoRA adapters.
 #pragma once
 
 #include "loralab/adapter.hpp"
@@ -44,8 +44,12 @@
 #include "loralab/data/fortunes.hpp"
 #include "loralab/data/synthetic.hpp"
 #include "loralab/data/tokenizer.hpp"
+#include "loralab/io/hf_gpt2.hpp"
+#include "loralab/io/peft_lora.hpp"
 #include "loralab/io/safetensors.hpp"
 #include "loralab/model/gpt.hpp"
 #include "loralab/optim/adamw.hpp"
 #include "loralab/optim/param_tensor.hpp"
+#include "loralab/train/trainer.hpp"
+#include "loralab/train/weights_cache.hpp"
 #include "loralab/version.hpp"

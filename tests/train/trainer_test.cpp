@@ -34,7 +34,8 @@ data::Batch copy_batch(std::int64_t step, int micro, int batch) {
   opt.max_length = 4;
   std::vector<data::Example> ex;
   for (int i = 0; i < batch; ++i)
-    ex.push_back(data::make_example(task, testing::kSeed, std::uint64_t(step * 64 + micro * batch + i), opt));
+    ex.push_back(data::make_example(task, testing::kSeed,
+                                    std::uint64_t(step * 64 + micro * batch + i), opt));
   return data::make_batch(ex, 12);
 }
 
@@ -44,7 +45,8 @@ double accuracy(Model& m, std::uint64_t first, int count) {
   opt.min_length = 2;
   opt.max_length = 4;
   std::vector<data::Example> ex;
-  for (int i = 0; i < count; ++i) ex.push_back(data::make_example(data::Task::copy, 999, first + i, opt));
+  for (int i = 0; i < count; ++i)
+    ex.push_back(data::make_example(data::Task::copy, 999, first + i, opt));
   return data::exact_match(ex, [&](const std::string& prompt) {
     std::vector<std::int32_t> toks = data::encode(prompt);
     toks.insert(toks.begin(), data::kBos);
@@ -65,9 +67,11 @@ TEST_CASE("warmup + cosine schedule") {
 }
 
 TEST_CASE("a resumed run equals an uninterrupted one, bit for bit") {
-  const auto dir = std::filesystem::temp_directory_path() / ("loralab_resume_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("loralab_resume_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
-  auto run = [&](std::int64_t stop_after, const std::filesystem::path& ckpt, model::GptWeights<float>& w) {
+  auto run = [&](std::int64_t stop_after, const std::filesystem::path& ckpt,
+                 model::GptWeights<float>& w) {
     model::GptOptions opts;
     opts.adapter.rank = 4;
     opts.adapter.dropout = 0.1;  // dropout masks must be reproduced too
@@ -81,7 +85,8 @@ TEST_CASE("a resumed run equals an uninterrupted one, bit for bit") {
     cfg.stop_after = stop_after;
     cfg.progress = false;
     train::Trainer<decltype(m)> t(
-        m, cfg, [](std::int64_t s, int micro) { return copy_batch(s, micro, 4); }, [] { return train::EvalResult{}; });
+        m, cfg, [](std::int64_t s, int micro) { return copy_batch(s, micro, 4); },
+        [] { return train::EvalResult{}; });
     t.run();
     std::vector<float> out;
     for (auto& p : m.parameters()) out.insert(out.end(), p.value.begin(), p.value.end());
@@ -92,7 +97,7 @@ TEST_CASE("a resumed run equals an uninterrupted one, bit for bit") {
   w2.init_gpt2(1);
   const std::vector<float> straight = run(-1, {}, w1);
   const auto ckpt = dir / "ckpt.safetensors";
-  run(5, ckpt, w2);                                  // stops after step 5, checkpoint written
+  run(5, ckpt, w2);  // stops after step 5, checkpoint written
   REQUIRE(std::filesystem::exists(ckpt));
   model::GptWeights<float> w3(small());
   w3.init_gpt2(1);
@@ -119,7 +124,8 @@ TEST_CASE("training on a synthetic task lowers the loss and raises exact-match a
       m, cfg, [](std::int64_t s, int micro) { return copy_batch(s, micro, 16); },
       [&] {
         const data::Batch b = copy_batch(100000, 0, 32);
-        return train::EvalResult{m.forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0}), 0};
+        return train::EvalResult{
+            m.forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0}), 0};
       });
   const auto result = t.run();
   const double first_loss = result.curve.front().train_loss;

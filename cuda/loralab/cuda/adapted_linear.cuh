@@ -76,13 +76,14 @@ __global__ void input_dropout(const T* __restrict__ x, T* __restrict__ out, std:
 
 // Frozen gradients were 0 and stay exactly 0 (the CPU adapter does the same after each backward).
 static __global__ void zero_frozen(float* __restrict__ grad, const std::uint8_t* __restrict__ mask,
-                            std::int64_t total) {
+                                   std::int64_t total) {
   for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
        e += std::int64_t(gridDim.x) * blockDim.x)
     if (!mask[e]) grad[e] = 0.0f;
 }
 
-static __global__ void to_bf16(const float* __restrict__ src, bf16* __restrict__ dst, std::int64_t total) {
+static __global__ void to_bf16(const float* __restrict__ src, bf16* __restrict__ dst,
+                               std::int64_t total) {
   for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
        e += std::int64_t(gridDim.x) * blockDim.x)
     dst[e] = __float2bfloat16(src[e]);

@@ -93,8 +93,8 @@ class AdamW {
   /// \throws Error when a moment vector has the wrong length.
   void restore(std::int64_t steps, std::size_t k, std::span<const T> m, std::span<const T> v) {
     LORALAB_CHECK(k < m_.size() && m.size() == m_[k].size() && v.size() == v_[k].size(),
-                  "[loralab.state] AdamW restore: tensor ", k, " expects ", k < m_.size() ? m_[k].size() : 0,
-                  " moments, got ", m.size(), " and ", v.size());
+                  "[loralab.state] AdamW restore: tensor ", k, " expects ",
+                  k < m_.size() ? m_[k].size() : 0, " moments, got ", m.size(), " and ", v.size());
     t_ = steps;
     std::copy(m.begin(), m.end(), m_[k].begin());
     std::copy(v.begin(), v.end(), v_[k].begin());

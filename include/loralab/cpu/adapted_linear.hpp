@@ -110,6 +110,21 @@ class AdaptedLinear {
     return kHasMask ? std::span<const std::uint8_t>(mask_).subspan(a_size())
                     : std::span<const std::uint8_t>{};
   }
+  /// \brief Replaces the freeze mask (A's entries then B's; 1 = trainable), e.g. from a saved
+  /// adapter. Build optimizers after this: their packed state follows the mask they saw.
+  /// \throws Error without a RandomMask policy, on a wrong length or a value other than 0/1.
+  void set_mask(std::span<const std::uint8_t> mask) {
+    LORALAB_CHECK(kHasMask, "[loralab.state] set_mask on an adapter without a freeze mask policy");
+    LORALAB_CHECK(mask.size() == mask_.size(), "[loralab.shape] set_mask: ", mask.size(),
+                  " entries, the adapter has ", mask_.size());
+    for (std::size_t i = 0; i < mask.size(); ++i)
+      LORALAB_CHECK(mask[i] <= 1, "[loralab.state] set_mask: entry ", i, " is ", int(mask[i]),
+                    ", expected 0 or 1");
+    std::copy(mask.begin(), mask.end(), mask_.begin());
+    for (std::size_t i = 0; i < grads_.size(); ++i)
+      if (!mask_[i]) grads_[i] = T(0);
+  }
+
   /// \brief The tensors an optimizer updates: A and B with their mask, or B alone under FreezeA.
   std::vector<ParamTensor<T>> parameters() {
     if constexpr (kFreezeA) {

@@ -192,14 +192,6 @@ std::vector<AdapterRef<Spec, T>> adapters_of(model::Gpt<Spec, T>& gpt, const cha
   return out;
 }
 
-/// AdaptedLinear exposes its mask read-only; the bytes are the adapter's own non-const storage,
-/// so writing through them is well-defined. Used only to restore masks on import.
-template <class Spec, class T>
-std::span<std::uint8_t> writable_mask(cpu::AdaptedLinear<Spec, T>& a) {
-  const std::span<const std::uint8_t> m = a.mask();
-  return {const_cast<std::uint8_t*>(m.data()), m.size()};
-}
-
 template <class Spec>
 constexpr int frozen_percent_of() {
   if constexpr (requires { Spec::freeze::frozen_percent; })
@@ -552,13 +544,13 @@ PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesyste
     std::copy(B.begin(), B.end(), a.B().data());
     if constexpr (Spec::freeze::has_mask) {
       if (have_masks) {
-        const std::span<std::uint8_t> m = detail::writable_mask(a);
         const std::vector<std::int64_t>& mA = masks[2 * k];
         const std::vector<std::int64_t>& mB = masks[2 * k + 1];
-        LORALAB_ASSERT(m.size() == mA.size() + mB.size());
+        std::vector<std::uint8_t> m(mA.size() + mB.size());
         for (std::size_t i = 0; i < mA.size(); ++i) m[i] = static_cast<std::uint8_t>(mA[i]);
         for (std::size_t i = 0; i < mB.size(); ++i)
           m[mA.size() + i] = static_cast<std::uint8_t>(mB[i]);
+        a.set_mask(m);
       }
     }
     a.zero_grad();

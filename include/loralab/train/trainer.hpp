@@ -26,20 +26,21 @@ namespace loralab::train {
 /// \ingroup train
 /// \brief Run-time knobs of a training run.
 struct TrainConfig {
-  std::int64_t steps = 200;         ///< optimizer steps
-  int grad_accum = 1;               ///< micro-batches per optimizer step
-  double lr = 3e-3;                 ///< peak learning rate
-  std::int64_t warmup = 20;         ///< warmup steps
-  double min_lr_ratio = 0.1;        ///< cosine floor as a fraction of lr
-  double clip = 1.0;                ///< global gradient-norm clip (0 = off)
-  double weight_decay = 0.0;        ///< AdamW decoupled weight decay
-  std::int64_t eval_every = 50;     ///< evaluate every N steps (and at the end)
-  std::filesystem::path csv;        ///< CSV log of every evaluation (empty = none)
-  std::filesystem::path checkpoint; ///< checkpoint file: resumed from if present (empty = none)
-  std::int64_t checkpoint_every = 0;  ///< save every N steps (0 = only at the end, if a path is set)
-  std::int64_t stop_after = -1;     ///< stop (after saving) at this step, to test resumption
-  bool progress = true;             ///< progress line on stderr
-  std::string label = "train";      ///< shown in the progress line and the CSV
+  std::int64_t steps = 200;          ///< optimizer steps
+  int grad_accum = 1;                ///< micro-batches per optimizer step
+  double lr = 3e-3;                  ///< peak learning rate
+  std::int64_t warmup = 20;          ///< warmup steps
+  double min_lr_ratio = 0.1;         ///< cosine floor as a fraction of lr
+  double clip = 1.0;                 ///< global gradient-norm clip (0 = off)
+  double weight_decay = 0.0;         ///< AdamW decoupled weight decay
+  std::int64_t eval_every = 50;      ///< evaluate every N steps (and at the end)
+  std::filesystem::path csv;         ///< CSV log of every evaluation (empty = none)
+  std::filesystem::path checkpoint;  ///< checkpoint file: resumed from if present (empty = none)
+  std::int64_t checkpoint_every =
+      0;                         ///< save every N steps (0 = only at the end, if a path is set)
+  std::int64_t stop_after = -1;  ///< stop (after saving) at this step, to test resumption
+  bool progress = true;          ///< progress line on stderr
+  std::string label = "train";   ///< shown in the progress line and the CSV
 };
 
 /// \ingroup train
@@ -52,19 +53,19 @@ struct EvalResult {
 /// \ingroup train
 /// \brief One row of the learning curve.
 struct EvalPoint {
-  std::int64_t step = 0;   ///< optimizer steps done
-  double train_loss = 0;   ///< mean training loss since the previous evaluation
-  EvalResult eval;         ///< the evaluation
-  double lr = 0;           ///< learning rate of the last step
-  double seconds = 0;      ///< wall time since the start of this run
+  std::int64_t step = 0;  ///< optimizer steps done
+  double train_loss = 0;  ///< mean training loss since the previous evaluation
+  EvalResult eval;        ///< the evaluation
+  double lr = 0;          ///< learning rate of the last step
+  double seconds = 0;     ///< wall time since the start of this run
 };
 
 /// \ingroup train
 /// \brief The outcome of Trainer::run.
 struct TrainResult {
-  std::vector<EvalPoint> curve;  ///< every evaluation, in order
-  double tokens_per_second = 0;  ///< training throughput (target tokens and context included)
-  std::int64_t resumed_from = 0; ///< step the run resumed at (0 = fresh)
+  std::vector<EvalPoint> curve;   ///< every evaluation, in order
+  double tokens_per_second = 0;   ///< training throughput (target tokens and context included)
+  std::int64_t resumed_from = 0;  ///< step the run resumed at (0 = fresh)
 };
 
 /// \ingroup train
@@ -86,7 +87,8 @@ class Trainer {
         evaluate_(std::move(evaluate)),
         opt_(model.parameters(), AdamWConfig{.lr = cfg_.lr, .weight_decay = cfg_.weight_decay}) {
     LORALAB_CHECK(cfg_.steps >= 1 && cfg_.grad_accum >= 1 && cfg_.eval_every >= 1,
-                  "[loralab.config] TrainConfig needs steps >= 1, grad_accum >= 1, eval_every >= 1; got steps=",
+                  "[loralab.config] TrainConfig needs steps >= 1, grad_accum >= 1, eval_every >= "
+                  "1; got steps=",
                   cfg_.steps, " grad_accum=", cfg_.grad_accum, " eval_every=", cfg_.eval_every);
   }
 
@@ -97,8 +99,9 @@ class Trainer {
     if (!cfg_.checkpoint.empty() && std::filesystem::exists(cfg_.checkpoint)) {
       step = load_checkpoint(cfg_.checkpoint);
       result.resumed_from = step;
-      if (cfg_.progress) std::fprintf(stderr, "[%s] resumed from %s at step %lld\n", cfg_.label.c_str(),
-                                      cfg_.checkpoint.string().c_str(), static_cast<long long>(step));
+      if (cfg_.progress)
+        std::fprintf(stderr, "[%s] resumed from %s at step %lld\n", cfg_.label.c_str(),
+                     cfg_.checkpoint.string().c_str(), static_cast<long long>(step));
     }
     const WarmupCosine schedule{cfg_.lr, cfg_.warmup, cfg_.steps, cfg_.min_lr_ratio};
     const auto start = std::chrono::steady_clock::now();
@@ -117,8 +120,9 @@ class Trainer {
         tokens += double(b.batch * b.length);
       }
       step_loss /= cfg_.grad_accum;
-      LORALAB_CHECK(std::isfinite(step_loss), "[loralab.numeric] training loss is ", step_loss, " at step ", step,
-                    " of '", cfg_.label, "'; try a smaller learning rate (lr=", cfg_.lr, ") or a tighter clip");
+      LORALAB_CHECK(std::isfinite(step_loss), "[loralab.numeric] training loss is ", step_loss,
+                    " at step ", step, " of '", cfg_.label,
+                    "'; try a smaller learning rate (lr=", cfg_.lr, ") or a tighter clip");
       double scale = 1.0 / cfg_.grad_accum;  // the mean over micro-batches
       if (cfg_.clip > 0) {
         const double norm = grad_norm() * scale;
@@ -132,34 +136,39 @@ class Trainer {
       const std::int64_t done = step + 1;
       const auto now = std::chrono::steady_clock::now();
       const double elapsed = std::chrono::duration<double>(now - start).count();
-      if (cfg_.progress && (std::chrono::duration<double>(now - last_print).count() > 2.0 || done == cfg_.steps)) {
+      if (cfg_.progress &&
+          (std::chrono::duration<double>(now - last_print).count() > 2.0 || done == cfg_.steps)) {
         last_print = now;
         const double per_step = elapsed / double(done - result.resumed_from);
-        std::fprintf(stderr, "[%s] step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %.0fs\n", cfg_.label.c_str(),
-                     static_cast<long long>(done), static_cast<long long>(cfg_.steps), step_loss, lr,
+        std::fprintf(stderr, "[%s] step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %.0fs\n",
+                     cfg_.label.c_str(), static_cast<long long>(done),
+                     static_cast<long long>(cfg_.steps), step_loss, lr,
                      tokens / std::max(elapsed, 1e-9), per_step * double(cfg_.steps - done));
       }
       if (done % cfg_.eval_every == 0 || done == cfg_.steps) {
-        EvalPoint p{done, loss_sum / double(std::max<std::int64_t>(1, loss_count)), evaluate_(), lr, elapsed};
+        EvalPoint p{done, loss_sum / double(std::max<std::int64_t>(1, loss_count)), evaluate_(), lr,
+                    elapsed};
         loss_sum = 0;
         loss_count = 0;
         result.curve.push_back(p);
         if (csv) {
-          csv << cfg_.label << ',' << p.step << ',' << p.train_loss << ',' << p.eval.loss << ',' << p.eval.metric << ','
-              << p.lr << ',' << p.seconds << '\n';
+          csv << cfg_.label << ',' << p.step << ',' << p.train_loss << ',' << p.eval.loss << ','
+              << p.eval.metric << ',' << p.lr << ',' << p.seconds << '\n';
           csv.flush();
         }
       }
       const bool stop_here = cfg_.stop_after >= 0 && done == cfg_.stop_after;
       if (!cfg_.checkpoint.empty() &&
-          ((cfg_.checkpoint_every > 0 && done % cfg_.checkpoint_every == 0) || done == cfg_.steps || stop_here))
+          ((cfg_.checkpoint_every > 0 && done % cfg_.checkpoint_every == 0) || done == cfg_.steps ||
+           stop_here))
         save_checkpoint(cfg_.checkpoint, done);
       if (stop_here) {
         ++step;
         break;
       }
     }
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     result.tokens_per_second = tokens / std::max(elapsed, 1e-9);
     return result;
   }
@@ -170,7 +179,8 @@ class Trainer {
     auto params = model_.parameters();
     for (std::size_t k = 0; k < params.size(); ++k) {
       const auto& p = params[k];
-      w.add<T>("param." + std::to_string(k), {std::int64_t(p.value.size())}, std::span<const T>(p.value));
+      w.add<T>("param." + std::to_string(k), {std::int64_t(p.value.size())},
+               std::span<const T>(p.value));
       const auto m = opt_.first_moment(k), v = opt_.second_moment(k);
       w.add<T>("adamw.m." + std::to_string(k), {std::int64_t(m.size())}, m);
       w.add<T>("adamw.v." + std::to_string(k), {std::int64_t(v.size())}, v);
@@ -189,15 +199,18 @@ class Trainer {
     const io::SafetensorsFile f = io::SafetensorsFile::load(path);
     const auto& meta = f.metadata();
     LORALAB_CHECK(meta.count("format") && meta.at("format") == "loralab-checkpoint",
-                  "[loralab.io] ", path.string(), " is not a loralab checkpoint (no format=loralab-checkpoint)");
+                  "[loralab.io] ", path.string(),
+                  " is not a loralab checkpoint (no format=loralab-checkpoint)");
     auto params = model_.parameters();
-    LORALAB_CHECK(std::to_string(params.size()) == meta.at("tensors"), "[loralab.io] ", path.string(), " holds ",
-                  meta.at("tensors"), " parameter tensors, this model has ", params.size());
+    LORALAB_CHECK(std::to_string(params.size()) == meta.at("tensors"), "[loralab.io] ",
+                  path.string(), " holds ", meta.at("tensors"),
+                  " parameter tensors, this model has ", params.size());
     const std::int64_t adamw_steps = std::stoll(meta.at("adamw_steps"));
     for (std::size_t k = 0; k < params.size(); ++k) {
       const std::vector<T> values = f.read<T>("param." + std::to_string(k));
-      LORALAB_CHECK(values.size() == params[k].value.size(), "[loralab.io] ", path.string(), ": tensor ", k, " has ",
-                    values.size(), " entries, the model's has ", params[k].value.size());
+      LORALAB_CHECK(values.size() == params[k].value.size(), "[loralab.io] ", path.string(),
+                    ": tensor ", k, " has ", values.size(), " entries, the model's has ",
+                    params[k].value.size());
       std::copy(values.begin(), values.end(), params[k].value.begin());
       const std::vector<T> m = f.read<T>("adamw.m." + std::to_string(k));
       const std::vector<T> v = f.read<T>("adamw.v." + std::to_string(k));
