@@ -41,6 +41,7 @@ struct Options {
   int eval_examples = 100;
   std::int64_t eval_every = 200;
   fs::path out = "ablate-out";
+  fs::path base_hf;  // start from a Hugging Face GPT-2 checkpoint instead of pretraining
   int threads =
       1;  // Eigen threads: on these tiny matrices OpenMP synchronization costs more than it gains
   model::GptConfig model;
@@ -253,6 +254,11 @@ void usage(const std::map<std::string, Arm>& arms) {
       "fortunes: C=64)\n"
       "  --out DIR            output folder (default ablate-out)\n"
       "  --threads N          Eigen threads (default 1: faster for these small matrices)\n"
+      "  --base-hf DIR        fine-tune a Hugging Face GPT-2 checkpoint (config.json + "
+      "model.safetensors)\n"
+      "                       instead of pretraining; tokens stay bytes (ids 0..259), so the "
+      "vocabulary\n"
+      "                       must hold at least 260 entries\n"
       "  --no-plot            skip curves.png\n");
 }
 
@@ -306,6 +312,8 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
       o.plot = false;
     else if (a == "--threads")
       o.threads = std::stoi(value());
+    else if (a == "--base-hf")
+      o.base_hf = value();
     else
       LORALAB_FAIL("[loralab.config] unknown option '", a, "' (see --help)");
   }
@@ -333,7 +341,18 @@ int main(int argc, char** argv) {
         "loralab %s ablate: %s\nmodel: %s\narms: %zu x %d seeds, %lld steps each, rank %d\n\n",
         version_string, task.description.c_str(), o.model.to_string().c_str(), o.arms.size(),
         o.seeds, static_cast<long long>(o.steps), o.rank);
-    const model::GptWeights<float> base = pretrained_base(o, task);
+    const model::GptWeights<float> base = [&] {
+      if (o.base_hf.empty()) return pretrained_base(o, task);
+      model::GptWeights<float> w = io::import_hf_gpt2<float>(o.base_hf);
+      LORALAB_CHECK(
+          w.config().vocab_size >= data::kVocabSize && w.config().context >= o.model.context,
+          "[loralab.config] --base-hf ", o.base_hf.string(), ": vocab_size=", w.config().vocab_size,
+          " context=", w.config().context, "; need vocab_size >= ", data::kVocabSize,
+          " and context >= ", o.model.context);
+      std::fprintf(stderr, "[ablate] fine-tuning the HF GPT-2 checkpoint %s (%s)\n",
+                   o.base_hf.string().c_str(), w.config().to_string().c_str());
+      return w;
+    }();
     const std::int64_t base_bytes = std::int64_t(base.flat().size() * sizeof(float));
 
     std::ofstream results(o.out / "results.csv"), curves(o.out / "curves.csv");
