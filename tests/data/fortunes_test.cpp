@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.hpp"
 #include "support/testing.hpp"
 
 namespace fs = std::filesystem;
@@ -23,21 +24,7 @@ using loralab::testing::kSeed;
 namespace {
 
 // A fresh directory under the system temp dir, removed with its contents at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;  // unique name: several test runs may share the machine
-    path = fs::temp_directory_path() /
-           ("loralab_fortunes_test_" + std::to_string(rd()) + "_" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using loralab::testing::TempDir;
 
 void write_file(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);

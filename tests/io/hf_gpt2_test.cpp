@@ -23,6 +23,7 @@
 
 #include "loralab/adapter.hpp"
 #include "loralab/model/gpt.hpp"
+#include "support/temp_dir.hpp"
 #include "support/testing.hpp"
 
 namespace {
@@ -73,23 +74,7 @@ SafetensorsFile open_reference() {
   return std::move(*file);
 }
 
-/// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("loralab_hf_test_" + std::to_string(rd()) + "_" + std::to_string(++counter));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using loralab::testing::TempDir;
 
 /// The message of the loralab::Error that `f` throws, or a marker when it throws none.
 template <class F>

@@ -19,6 +19,7 @@
 #include "loralab/adapter.hpp"
 #include "loralab/io/hf_gpt2.hpp"
 #include "loralab/model/gpt.hpp"
+#include "support/temp_dir.hpp"
 #include "support/testing.hpp"
 
 namespace {
@@ -47,22 +48,7 @@ fs::path tiny_dir() {
   return fs::path(LORALAB_TEST_REFERENCE_DIR) / "gpt2_tiny";
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("loralab_peft_test_" + std::to_string(rd()) + "_" + std::to_string(++counter));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using loralab::testing::TempDir;
 
 template <class F>
 std::string error_of(F&& f) {

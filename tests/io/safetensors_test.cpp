@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "support/temp_dir.hpp"
 #include "support/testing.hpp"
 
 namespace {
@@ -93,29 +94,7 @@ std::vector<U> round_trip(const std::vector<T>& values, DType stored) {
   return SafetensorsFile::parse(w.serialize()).read<U>("x");
 }
 
-/// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("loralab_io_test_" + std::to_string(rd()) + "_" + std::to_string(++counter));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
+using loralab::testing::TempDir;
 
 /// A small file with several dtypes, an empty tensor and metadata, used by the robustness tests.
 std::vector<std::byte> sample_file() {

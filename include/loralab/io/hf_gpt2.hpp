@@ -77,30 +77,7 @@ inline nlohmann::json read_json_file(const std::filesystem::path& path) {
 /// Writes `text` to `path` atomically (temporary file next to it, then rename), as
 /// SafetensorsWriter::write does.
 inline void write_text_atomic(const std::filesystem::path& path, const std::string& text) {
-  const std::string dst = path.string();
-  const std::filesystem::path tmp = temp_path_for(path);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    LORALAB_CHECK(out.is_open(), "[loralab.io] ", dst, ": cannot create the temporary file '",
-                  tmp.string(), "' (missing or read-only directory?)");
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    out.flush();
-    out.close();
-    if (out.fail()) {
-      std::error_code ignored;
-      std::filesystem::remove(tmp, ignored);
-      LORALAB_FAIL("[loralab.io] ", dst, ": writing ", text.size(),
-                   " bytes to the temporary file '", tmp.string(), "' failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    LORALAB_FAIL("[loralab.io] ", dst, ": cannot rename the temporary file '", tmp.string(),
-                 "' over it: ", ec.message());
-  }
+  write_bytes_atomic(path, text.data(), text.size());
 }
 
 /// Creates `dir` (and parents) for an export; errors name the directory.

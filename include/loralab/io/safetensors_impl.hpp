@@ -505,24 +505,26 @@ inline std::vector<std::byte> SafetensorsWriter::serialize() const {
   return out;
 }
 
-inline void SafetensorsWriter::write(const std::filesystem::path& path) const {
-  const std::vector<std::byte> bytes = serialize();  // fails before touching the disk
+namespace detail {
+/// Writes `size` bytes to `path` atomically: a temporary file next to it, flushed and checked,
+/// then renamed over `path`; on any failure the temporary file is removed and `path` is untouched.
+inline void write_bytes_atomic(const std::filesystem::path& path, const char* data,
+                               std::size_t size) {
   const std::string dst = path.string();
-  const std::filesystem::path tmp = detail::temp_path_for(path);
+  const std::filesystem::path tmp = temp_path_for(path);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     // Nothing was created when opening fails, so there is nothing to remove.
     LORALAB_CHECK(out.is_open(), "[loralab.io] ", dst, ": cannot create the temporary file '",
                   tmp.string(), "' (missing or read-only directory?)");
-    out.write(reinterpret_cast<const char*>(bytes.data()),
-              static_cast<std::streamsize>(bytes.size()));
+    out.write(data, static_cast<std::streamsize>(size));
     out.flush();
     out.close();
     if (out.fail()) {
       std::error_code ignored;
       std::filesystem::remove(tmp, ignored);
-      LORALAB_FAIL("[loralab.io] ", dst, ": writing ", bytes.size(),
-                   " bytes to the temporary file '", tmp.string(), "' failed (disk full?)");
+      LORALAB_FAIL("[loralab.io] ", dst, ": writing ", size, " bytes to the temporary file '",
+                   tmp.string(), "' failed (disk full?)");
     }
   }
   std::error_code ec;
@@ -533,6 +535,12 @@ inline void SafetensorsWriter::write(const std::filesystem::path& path) const {
     LORALAB_FAIL("[loralab.io] ", dst, ": cannot rename the temporary file '", tmp.string(),
                  "' over it: ", ec.message());
   }
+}
+}  // namespace detail
+
+inline void SafetensorsWriter::write(const std::filesystem::path& path) const {
+  const std::vector<std::byte> bytes = serialize();  // fails before touching the disk
+  detail::write_bytes_atomic(path, reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 }  // namespace loralab::io
