@@ -76,16 +76,7 @@ SafetensorsFile open_reference() {
 
 using loralab::testing::TempDir;
 
-/// The message of the loralab::Error that `f` throws, or a marker when it throws none.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const loralab::Error& e) {
-    return e.what();
-  }
-  return "(no loralab::Error thrown)";
-}
+using loralab::testing::error_of;
 
 /// Checks that `expr` throws "[loralab.io] <where>: ..." containing every one of `words`.
 #define CHECK_IO_ERROR(expr, where, ...)                                          \

@@ -50,15 +50,7 @@ fs::path tiny_dir() {
 
 using loralab::testing::TempDir;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const loralab::Error& e) {
-    return e.what();
-  }
-  return "(no loralab::Error thrown)";
-}
+using loralab::testing::error_of;
 
 /// Checks that `expr` throws a loralab::Error starting with `prefix` and containing every word.
 #define CHECK_ERROR(expr, prefix, ...)                                            \

@@ -34,16 +34,7 @@ using loralab::io::SafetensorsWriter;
 constexpr DType kFloatDTypes[] = {DType::F32, DType::F64, DType::BF16, DType::F16};
 
 /// The message of the loralab::Error that `f` throws, or a marker when it throws none. Any other
-/// exception type escapes and fails the test case.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const loralab::Error& e) {
-    return e.what();
-  }
-  return "(no loralab::Error thrown)";
-}
+using loralab::testing::error_of;
 
 /// Checks that `expr` throws loralab::Error starting with "[loralab.io] <where>:" and containing
 /// `word`.

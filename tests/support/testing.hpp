@@ -9,6 +9,8 @@
 #include <sstream>
 #include <string>
 
+#include "loralab/core/error.hpp"
+
 namespace loralab::testing {
 
 inline constexpr std::uint64_t kSeed = 20261125;  ///< base seed of every randomized test
@@ -26,6 +28,17 @@ struct Tolerance<double> {
   static constexpr double rel = 1e-12;
   static constexpr double abs = 1e-13;
 };
+
+/// The message of the loralab::Error that `f` throws, or a marker when it throws none.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const loralab::Error& e) {
+    return e.what();
+  }
+  return "(no loralab::Error thrown)";
+}
 
 /// Max over entries of |a - b| / (abs + |b|): <= 1 means every entry is within abs + rel |b|.
 /// Reports the first offending entry in `where`.

@@ -77,12 +77,7 @@ AdamW::AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg, cuda
     : cfg_(cfg), lr_(cfg.lr), stream_(stream) {
   using adamw_impl::Chunk;
   using adamw_impl::TensorDesc;
-  LORALAB_CHECK(
-      cfg.lr >= 0 && cfg.eps > 0 && cfg.beta1 >= 0 && cfg.beta1 < 1 && cfg.beta2 >= 0 &&
-          cfg.beta2 < 1 && cfg.weight_decay >= 0,
-      "[loralab.config] AdamW needs lr >= 0, eps > 0, 0 <= beta < 1, weight_decay >= 0; got lr=",
-      cfg.lr, " eps=", cfg.eps, " beta1=", cfg.beta1, " beta2=", cfg.beta2,
-      " weight_decay=", cfg.weight_decay);
+  loralab::validate(cfg);
   for (std::size_t k = 0; k < params.size(); ++k) {
     const DeviceParamTensor& p = params[k];
     LORALAB_CHECK(

@@ -27,12 +27,7 @@ class AdamW {
   /// \throws Error when a gradient or mask length differs from its tensor, or on a bad config.
   explicit AdamW(std::vector<ParamTensor<T>> params, const AdamWConfig& cfg = {})
       : params_(std::move(params)), cfg_(cfg), lr_(cfg.lr) {
-    LORALAB_CHECK(
-        cfg.lr >= 0 && cfg.eps > 0 && cfg.beta1 >= 0 && cfg.beta1 < 1 && cfg.beta2 >= 0 &&
-            cfg.beta2 < 1 && cfg.weight_decay >= 0,
-        "[loralab.config] AdamW needs lr >= 0, eps > 0, 0 <= beta < 1, weight_decay >= 0; got lr=",
-        cfg.lr, " eps=", cfg.eps, " beta1=", cfg.beta1, " beta2=", cfg.beta2,
-        " weight_decay=", cfg.weight_decay);
+    loralab::validate(cfg);
     for (std::size_t k = 0; k < params_.size(); ++k) {
       const auto& p = params_[k];
       LORALAB_CHECK(p.grad.size() == p.value.size(), "[loralab.shape] AdamW tensor ", k,

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "loralab/core/config.hpp"
+#include "loralab/core/error.hpp"
 
 namespace loralab {
 
@@ -18,6 +19,19 @@ struct AdamWConfig {
   double eps = 1e-8;           ///< added to sqrt(v_hat)
   double weight_decay = 1e-2;  ///< decoupled decay, applied as p *= 1 - lr * weight_decay
 };
+
+/// \ingroup optim
+/// \brief Checks an AdamW configuration (shared by the CPU and CUDA optimizers).
+/// \throws Error naming every value when lr < 0, eps <= 0, a beta outside [0, 1) or a negative
+/// weight decay.
+inline void validate(const AdamWConfig& cfg) {
+  LORALAB_CHECK(
+      cfg.lr >= 0 && cfg.eps > 0 && cfg.beta1 >= 0 && cfg.beta1 < 1 && cfg.beta2 >= 0 &&
+          cfg.beta2 < 1 && cfg.weight_decay >= 0,
+      "[loralab.config] AdamW needs lr >= 0, eps > 0, 0 <= beta < 1, weight_decay >= 0; got lr=",
+      cfg.lr, " eps=", cfg.eps, " beta1=", cfg.beta1, " beta2=", cfg.beta2,
+      " weight_decay=", cfg.weight_decay);
+}
 
 /// \ingroup optim
 /// \brief Per-step scalars of AdamW, computed once on the host for step t (1-based).
