@@ -24,6 +24,7 @@
 #include "loralab/cpu/adamw.hpp"
 #include "loralab/cpu/adapted_linear.hpp"
 #include "loralab/io/safetensors.hpp"
+#include "support/golden.hpp"
 #include "support/testing.hpp"
 
 namespace {
@@ -34,33 +35,15 @@ template <class T>
 using MatrixR = loralab::cpu::MatrixR<T>;
 using Index = Eigen::Index;
 
-constexpr char kGoldenMagic[] = "loralab-golden";  // arrays, so doctest prints them as text
-constexpr char kGoldenVersion[] = "1";             // bump together with VERSION in lora_layer.py
+constexpr char kGoldenVersion[] = "1";  // bump together with VERSION in lora_layer.py
 constexpr char kRegenerate[] =
     "regenerate it with `/usr/bin/python3 tests/reference/lora_layer.py` (see "
     "tests/reference/README.md)";
 
 // Loads the golden file and checks its magic and version; fails the test case otherwise.
 SafetensorsFile open_golden() {
-  const std::filesystem::path path = LORALAB_TEST_REFERENCE_DIR "/lora_layer.safetensors";
-  REQUIRE_MESSAGE(std::filesystem::exists(path),
-                  "golden file " << path << " is missing; " << kRegenerate);
-  std::optional<SafetensorsFile> file;
-  try {
-    file.emplace(SafetensorsFile::load(path));
-  } catch (const std::exception& e) {
-    FAIL("cannot read golden file " << path << ": " << e.what() << "; " << kRegenerate);
-  }
-  const auto& meta = file->metadata();
-  const auto magic = meta.find("magic");
-  const auto version = meta.find("version");
-  REQUIRE_MESSAGE((magic != meta.end() && magic->second == kGoldenMagic),
-                  path << " is not a loralab golden file (metadata magic); " << kRegenerate);
-  REQUIRE_MESSAGE((version != meta.end() && version->second == kGoldenVersion),
-                  path << " has golden version "
-                       << (version == meta.end() ? std::string("<none>") : version->second)
-                       << ", this test expects " << kGoldenVersion << "; " << kRegenerate);
-  return std::move(*file);
+  return loralab::testing::open_golden(LORALAB_TEST_REFERENCE_DIR "/lora_layer.safetensors",
+                                       kGoldenVersion, kRegenerate);
 }
 
 template <class T>

@@ -23,6 +23,7 @@
 
 #include "loralab/adapter.hpp"
 #include "loralab/model/gpt.hpp"
+#include "support/golden.hpp"
 #include "support/temp_dir.hpp"
 #include "support/testing.hpp"
 
@@ -43,7 +44,6 @@ using Json = nlohmann::json;
 template <class T>
 using MatrixR = loralab::cpu::MatrixR<T>;
 
-constexpr char kGoldenMagic[] = "loralab-golden";
 constexpr char kGoldenVersion[] = "1";  // bump together with VERSION in gpt2_reference.py
 constexpr char kRegenerate[] =
     "regenerate with `/usr/bin/python3 tests/reference/gpt2_reference.py` (see "
@@ -54,24 +54,11 @@ fs::path tiny_dir() {
 }
 
 SafetensorsFile open_reference() {
-  const fs::path path = fs::path(LORALAB_TEST_REFERENCE_DIR) / "gpt2_reference.safetensors";
-  REQUIRE_MESSAGE(fs::exists(path), "golden file " << path << " is missing; " << kRegenerate);
   REQUIRE_MESSAGE(fs::exists(tiny_dir() / "model.safetensors"),
                   "golden checkpoint " << tiny_dir() << " is missing; " << kRegenerate);
-  std::optional<SafetensorsFile> file;
-  try {
-    file.emplace(SafetensorsFile::load(path));
-  } catch (const std::exception& e) {
-    FAIL("cannot read golden file " << path << ": " << e.what() << "; " << kRegenerate);
-  }
-  const auto& meta = file->metadata();
-  const auto magic = meta.find("magic");
-  const auto version = meta.find("version");
-  REQUIRE_MESSAGE((magic != meta.end() && magic->second == kGoldenMagic),
-                  path << " is not a loralab golden file; " << kRegenerate);
-  REQUIRE_MESSAGE((version != meta.end() && version->second == kGoldenVersion),
-                  path << " has another golden version; " << kRegenerate);
-  return std::move(*file);
+  return loralab::testing::open_golden(
+      fs::path(LORALAB_TEST_REFERENCE_DIR) / "gpt2_reference.safetensors", kGoldenVersion,
+      kRegenerate);
 }
 
 using loralab::testing::TempDir;

@@ -50,14 +50,14 @@ torch.manual_seed and from Philox, so a re-run reproduces the file byte for byte
 torch version; bump ``VERSION`` here and in golden_test.cpp when the contents change meaning.
 """
 
-import json
 import math
 import os
-import struct
 from fractions import Fraction
 import sys
 
 import torch
+
+from safetensors_io import decode_safetensors, encode_safetensors
 
 MAGIC = "loralab-golden"
 VERSION = "1"
@@ -256,55 +256,7 @@ def build_tensors():
 # ---------------------------------------------------------------------------------------------
 # safetensors I/O (hand-written: header length u64 LE, JSON header, then the data section)
 # ---------------------------------------------------------------------------------------------
-DTYPES = {torch.float64: ("F64", "<d", 8), torch.float32: ("F32", "<f", 4),
-          torch.int64: ("I64", "<q", 8)}
-DTYPE_BY_NAME = {v[0]: v for v in DTYPES.values()}
-
-
-def tensor_bytes(t):
-    _, fmt, _ = DTYPES[t.dtype]
-    flat = t.detach().contiguous().reshape(-1).tolist()
-    return struct.pack(f"<{len(flat)}{fmt[1]}", *flat)
-
-
-def encode_safetensors(tensors, metadata):
-    header = {"__metadata__": metadata}
-    blobs = []
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        blob = tensor_bytes(t)
-        header[name] = {"dtype": DTYPES[t.dtype][0], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
-
-
-def decode_safetensors(raw):
-    """Parses and validates a safetensors blob; returns (tensors, metadata)."""
-    (n,) = struct.unpack_from("<Q", raw, 0)
-    assert n % 8 == 0 and 8 + n <= len(raw), "bad header length"
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    metadata = header.pop("__metadata__", {})
-    data = raw[8 + n:]
-    expected_begin = 0
-    tensors = {}
-    for name in sorted(header):
-        info = header[name]
-        _, fmt, size = DTYPE_BY_NAME[info["dtype"]]
-        begin, end = info["data_offsets"]
-        count = math.prod(info["shape"])
-        assert begin == expected_begin, f"{name}: tensors not contiguous in sorted order"
-        assert end - begin == count * size, f"{name}: byte range does not match its shape"
-        values = struct.unpack_from(f"<{count}{fmt[1]}", data, begin)
-        dtype = next(k for k, v in DTYPES.items() if v[0] == info["dtype"])
-        tensors[name] = torch.tensor(values, dtype=dtype).reshape(info["shape"])
-        expected_begin = end
-    assert expected_begin == len(data), "trailing bytes after the last tensor"
-    return tensors, metadata
+# encode_safetensors / decode_safetensors live in safetensors_io.py (shared with the other script).
 
 
 def main():
