@@ -8,9 +8,16 @@
 // fortune categories, fine-tune on held-out ones; validation bits per byte).
 //
 // Adding an arm is one line in make_arms(): a name, an adapter type, a train mode.
+//
+// --device cuda runs every arm (and the pretraining of the base) on the GPU: the same Trainer
+// drives cuda::Gpt, fp32 or bf16 mixed precision (--dtype), and the table gains the measured peak
+// device memory of each arm. The default stays the CPU, so the demo runs on any machine.
 #include <loralab/loralab.hpp>
 #include <loralab/train/trainer.hpp>
 #include <loralab/train/weights_cache.hpp>
+#if LORALAB_HAS_CUDA
+#include <loralab/cuda/gpt.hpp>
+#endif
 
 #include <cmath>
 #include <cstdio>
@@ -19,6 +26,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -46,14 +54,48 @@ struct Options {
       1;  // Eigen threads: on these tiny matrices OpenMP synchronization costs more than it gains
   model::GptConfig model;
   bool plot = true;
+  std::string device = "cpu";  // cpu or cuda
+  std::string dtype = "f32";   // cuda: f32 or bf16 (bf16 activations and base weights)
+  bool recompute = false;      // cuda: recompute LayerNorm and GELU outputs in backward
 };
+
+// The model type of an arm on the chosen device, built in place (models are not movable).
+template <class Model>
+std::unique_ptr<Model> build_model(model::GptWeights<float>& w, const model::GptOptions& opts,
+                                   [[maybe_unused]] const Options& o) {
+#if LORALAB_HAS_CUDA
+  if constexpr (requires { typename Model::optimizer_type; }) {  // a device model
+    cuda::GptDeviceOptions dev;
+    dev.recompute = o.recompute;
+    return std::make_unique<Model>(w, opts, dev);
+  } else
+#endif
+  {
+    return std::make_unique<Model>(w, opts);
+  }
+}
+
+// Runs fn.template operator()<Model>() with the model type of (Spec, device, dtype).
+template <class Spec, class Fn>
+auto on_device(const Options& o, Fn&& fn) {
+  if (o.device == "cuda") {
+#if LORALAB_HAS_CUDA
+    if (o.dtype == "bf16") return fn.template operator()<cuda::Gpt<Spec, cuda::bf16>>();
+    return fn.template operator()<cuda::Gpt<Spec, float>>();
+#else
+    LORALAB_FAIL("[loralab.config] --device cuda: this ablate was built without the CUDA backend "
+                 "(configure with LORALAB_CUDA=ON on a machine with nvcc)");
+#endif
+  }
+  return fn.template operator()<model::Gpt<Spec, float>>();
+}
 
 // ---- the task: batches, evaluation, pretraining data -------------------------------------------
 struct Task {
   std::function<data::Batch(std::uint64_t seed, std::int64_t step)> pretrain_batch;
   std::function<data::Batch(std::uint64_t seed, std::int64_t step)> finetune_batch;
   std::function<train::EvalResult(
-      model::Gpt<Adapter<DynamicRank>, float>*, std::function<double(const data::Batch&)>,
+      std::function<double(const data::Batch&)>,
       std::function<std::vector<std::int32_t>(std::vector<std::int32_t>)>)>
       evaluate;
   std::string metric_name;
@@ -83,7 +125,7 @@ Task make_synthetic(const Options& o, data::Task target) {
   std::vector<data::Example> held;
   for (int i = 0; i < o.eval_examples; ++i)
     held.push_back(data::make_example(target, 0xE7A1, 1'000'000 + i, topt));
-  t.evaluate = [=](auto*, std::function<double(const data::Batch&)> loss_of,
+  t.evaluate = [=](std::function<double(const data::Batch&)> loss_of,
                    std::function<std::vector<std::int32_t>(std::vector<std::int32_t>)> generate) {
     const double loss = loss_of(
         data::make_batch(std::span(held).first(std::min<std::size_t>(64, held.size())), len));
@@ -114,7 +156,7 @@ Task make_fortunes(const Options& o) {
   t.finetune_batch = [=](std::uint64_t seed, std::int64_t step) {
     return data::lm_batch(split->finetune.train, o.batch, len, seed, std::uint64_t(step));
   };
-  t.evaluate = [=](auto*, std::function<double(const data::Batch&)> loss_of, auto) {
+  t.evaluate = [=](std::function<double(const data::Batch&)> loss_of, auto) {
     const std::int64_t n = std::min<std::int64_t>(
         8, data::lm_sequential_batch_count(split->finetune.valid.size(), o.batch, len));
     double sum = 0;
@@ -132,6 +174,7 @@ model::GptWeights<float> pretrained_base(const Options& o, const Task& task) {
   recipe << "loralab " << version_string << "|" << o.model.to_string()
          << "|task=" << task.description << "|steps=" << o.pretrain_steps << "|lr=" << o.lr_pretrain
          << "|batch=" << o.batch << "|seed=1";
+  if (o.device != "cpu") recipe << "|device=" << o.device << "-" << o.dtype;  // other numerics
   const fs::path cache = o.out / ("base-" + train::recipe_hash(recipe.str()) + ".safetensors");
   model::GptWeights<float> w(o.model);
   std::string why;
@@ -145,22 +188,26 @@ model::GptWeights<float> pretrained_base(const Options& o, const Task& task) {
   w.init_gpt2(1);
   model::GptOptions opts;
   opts.mode = model::TrainMode::full;
-  model::Gpt<Adapter<DynamicRank>, float> m(w, opts);
-  train::TrainConfig cfg;
-  cfg.steps = o.pretrain_steps;
-  cfg.lr = o.lr_pretrain;
-  cfg.warmup = std::min<std::int64_t>(100, o.pretrain_steps / 10);
-  cfg.eval_every = o.pretrain_steps;
-  cfg.label = "pretrain";
-  train::Trainer<decltype(m)> t(
-      m, cfg, [&](std::int64_t step, int) { return task.pretrain_batch(1, step); },
-      [&] {
-        const data::Batch b = task.pretrain_batch(999, 0);
-        return train::EvalResult{
-            m.forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0}), 0};
-      });
-  const auto r = t.run();
-  std::fprintf(stderr, "[ablate] pretraining done: held-out loss %.4f\n", r.curve.back().eval.loss);
+  on_device<Adapter<DynamicRank>>(o, [&]<class Model>() {
+    const auto m = build_model<Model>(w, opts, o);
+    train::TrainConfig cfg;
+    cfg.steps = o.pretrain_steps;
+    cfg.lr = o.lr_pretrain;
+    cfg.warmup = std::min<std::int64_t>(100, o.pretrain_steps / 10);
+    cfg.eval_every = o.pretrain_steps;
+    cfg.label = "pretrain";
+    train::Trainer<Model> t(
+        *m, cfg, [&](std::int64_t step, int) { return task.pretrain_batch(1, step); },
+        [&] {
+          const data::Batch b = task.pretrain_batch(999, 0);
+          return train::EvalResult{
+              m->forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0}), 0};
+        });
+    const auto r = t.run();
+    if constexpr (requires { typename Model::optimizer_type; }) m->download(w);  // device -> host
+    std::fprintf(stderr, "[ablate] pretraining done: held-out loss %.4f\n",
+                 r.curve.back().eval.loss);
+  });
   train::save_cached_weights(cache, recipe.str(), w);  // atomic: a crash never leaves a half file
   return w;
 }
@@ -171,6 +218,7 @@ struct ArmRun {
   double tokens_per_second = 0;
   MemoryReport memory;
   std::int64_t optimizer_bytes = 0;
+  std::int64_t peak_device_bytes = -1;  // measured on the GPU (every DeviceBuffer); -1 on the CPU
 };
 
 struct Arm {
@@ -184,35 +232,46 @@ template <class Spec>
 Arm make_arm(std::string name, model::TrainMode mode) {
   return Arm{name, [name, mode](const Options& o, const Task& task,
                                 const model::GptWeights<float>& base, std::uint64_t seed) {
-               model::GptWeights<float> w = base;  // every arm starts from the same base
-               model::GptOptions opts;
-               opts.mode = mode;
-               opts.adapter.rank = o.rank;
-               opts.adapter.alpha = o.alpha;
-               opts.adapter.seed = seed;
-               model::Gpt<Spec, float> m(w, opts);
-               train::TrainConfig cfg;
-               cfg.steps = o.steps;
-               cfg.lr = mode == model::TrainMode::full ? o.lr_full : o.lr_adapter;
-               cfg.warmup = std::min<std::int64_t>(50, o.steps / 10);
-               cfg.eval_every = o.eval_every;
-               cfg.label = name + "/seed" + std::to_string(seed);
-               auto loss_of = [&](const data::Batch& b) {
-                 return m.forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0});
-               };
-               auto generate = [&](std::vector<std::int32_t> prompt) {
-                 return m.generate(std::move(prompt), 8, data::kEos);
-               };
-               train::Trainer<decltype(m)> t(
-                   m, cfg, [&](std::int64_t step, int) { return task.finetune_batch(seed, step); },
-                   [&] { return task.evaluate(nullptr, loss_of, generate); });
-               ArmRun r;
-               const auto res = t.run();
-               r.curve = res.curve;
-               r.tokens_per_second = res.tokens_per_second;
-               r.memory = m.memory(std::int64_t(o.batch) * o.model.context);
-               r.optimizer_bytes = t.optimizer().state_bytes();
-               return r;
+               return on_device<Spec>(o, [&]<class Model>() {
+                 model::GptWeights<float> w = base;  // every arm starts from the same base
+                 model::GptOptions opts;
+                 opts.mode = mode;
+                 opts.adapter.rank = o.rank;
+                 opts.adapter.alpha = o.alpha;
+                 opts.adapter.seed = seed;
+#if LORALAB_HAS_CUDA
+                 cuda::reset_device_memory_peak();
+#endif
+                 const auto m = build_model<Model>(w, opts, o);
+                 train::TrainConfig cfg;
+                 cfg.steps = o.steps;
+                 cfg.lr = mode == model::TrainMode::full ? o.lr_full : o.lr_adapter;
+                 cfg.warmup = std::min<std::int64_t>(50, o.steps / 10);
+                 cfg.eval_every = o.eval_every;
+                 cfg.label = name + "/seed" + std::to_string(seed);
+                 auto loss_of = [&](const data::Batch& b) {
+                   return m->forward(b.tokens, b.targets, int(b.batch), int(b.length),
+                                     Pass{false, 0});
+                 };
+                 auto generate = [&](std::vector<std::int32_t> prompt) {
+                   return m->generate(std::move(prompt), 8, data::kEos);
+                 };
+                 train::Trainer<Model> t(
+                     *m, cfg,
+                     [&](std::int64_t step, int) { return task.finetune_batch(seed, step); },
+                     [&] { return task.evaluate(loss_of, generate); });
+                 ArmRun r;
+                 const auto res = t.run();
+                 r.curve = res.curve;
+                 r.tokens_per_second = res.tokens_per_second;
+                 r.memory = m->memory(std::int64_t(o.batch) * o.model.context);
+                 r.optimizer_bytes = t.optimizer().state_bytes();
+#if LORALAB_HAS_CUDA
+                 if constexpr (requires { typename Model::optimizer_type; })
+                   r.peak_device_bytes = cuda::device_memory().peak;
+#endif
+                 return r;
+               });
              }};
 }
 
@@ -259,6 +318,13 @@ void usage(const std::map<std::string, Arm>& arms) {
       "                       instead of pretraining; tokens stay bytes (ids 0..259), so the "
       "vocabulary\n"
       "                       must hold at least 260 entries\n"
+      "  --device cpu|cuda    where every arm trains (default cpu); cuda needs a build with "
+      "the CUDA backend\n"
+      "  --dtype f32|bf16     cuda: fp32, or bf16 activations and base weights with fp32 adapters "
+      "and\n"
+      "                       optimizer state (default f32)\n"
+      "  --recompute          cuda: recompute LayerNorm and GELU outputs in backward instead of "
+      "keeping them\n"
       "  --no-plot            skip curves.png\n");
 }
 
@@ -314,10 +380,26 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
       o.threads = std::stoi(value());
     else if (a == "--base-hf")
       o.base_hf = value();
+    else if (a == "--device")
+      o.device = value();
+    else if (a == "--dtype")
+      o.dtype = value();
+    else if (a == "--recompute")
+      o.recompute = true;
     else
       LORALAB_FAIL("[loralab.config] unknown option '", a, "' (see --help)");
   }
   if (o.model.context == 0) o.model.context = o.task == "fortunes" ? 64 : 24;
+  LORALAB_CHECK(o.device == "cpu" || o.device == "cuda", "[loralab.config] --device '",
+                o.device, "': use cpu or cuda");
+  LORALAB_CHECK(o.dtype == "f32" || o.dtype == "bf16", "[loralab.config] --dtype '", o.dtype,
+                "': use f32 or bf16");
+#if !LORALAB_HAS_CUDA
+  LORALAB_CHECK(o.device == "cpu", "[loralab.config] --device cuda: this ablate was built "
+                "without the CUDA backend (configure with LORALAB_CUDA=ON on a machine with nvcc)");
+#endif
+  LORALAB_CHECK(o.device == "cuda" || (o.dtype == "f32" && !o.recompute),
+                "[loralab.config] --dtype bf16 and --recompute apply to --device cuda only");
   LORALAB_CHECK(o.seeds >= 1 && o.steps >= 1 && o.pretrain_steps >= 1 && o.batch >= 1,
                 "[loralab.config] seeds, steps, pretrain-steps and batch must be >= 1");
   for (const auto& name : o.arms)
@@ -358,10 +440,14 @@ int main(int argc, char** argv) {
     std::ofstream results(o.out / "results.csv"), curves(o.out / "curves.csv");
     results << "arm,seed,trainable_params,optimizer_state_bytes,accounted_memory_bytes,final_eval_"
                "loss,final_"
-            << task.metric_name << ",tokens_per_second\n";
+            << task.metric_name << ",tokens_per_second,peak_device_bytes\n";
     curves << "arm,seed,step,train_loss,eval_loss," << task.metric_name << "\n";
-    std::printf("%-9s %12s %12s %14s %22s %10s\n", "arm", "trainable", "optim bytes",
-                "memory bytes", (task.metric_name + " (mean +- sd)").c_str(), "tok/s");
+    const bool gpu = o.device == "cuda";
+    std::printf("device: %s%s\n", o.device.c_str(),
+                gpu ? (" (" + o.dtype + (o.recompute ? ", recompute" : "") + ")").c_str() : "");
+    std::printf("%-9s %12s %12s %14s %22s %10s%s\n", "arm", "trainable", "optim bytes",
+                "memory bytes", (task.metric_name + " (mean +- sd)").c_str(), "tok/s",
+                gpu ? "  peak device bytes" : "");
     for (const auto& name : o.arms) {
       std::vector<double> finals;
       double tps = 0;
@@ -376,7 +462,8 @@ int main(int argc, char** argv) {
                                     last.memory.optimizer_state_bytes + last.optimizer_bytes;
         results << name << ',' << seed << ',' << last.memory.trainable_params << ','
                 << last.optimizer_bytes << ',' << memory << ',' << end.eval.loss << ','
-                << end.eval.metric << ',' << last.tokens_per_second << '\n';
+                << end.eval.metric << ',' << last.tokens_per_second << ','
+                << last.peak_device_bytes << '\n';
         for (const auto& p : last.curve)
           curves << name << ',' << seed << ',' << p.step << ',' << p.train_loss << ','
                  << p.eval.loss << ',' << p.eval.metric << '\n';
@@ -387,10 +474,12 @@ int main(int argc, char** argv) {
         var += (f - mean) * (f - mean) / double(std::max<std::size_t>(1, finals.size() - 1));
       const std::int64_t memory = base_bytes + last.memory.total_bytes() -
                                   last.memory.optimizer_state_bytes + last.optimizer_bytes;
-      std::printf("%-9s %12lld %12lld %14lld %14.4f +- %.4f %10.0f\n", name.c_str(),
+      std::printf("%-9s %12lld %12lld %14lld %14.4f +- %.4f %10.0f", name.c_str(),
                   static_cast<long long>(last.memory.trainable_params),
                   static_cast<long long>(last.optimizer_bytes), static_cast<long long>(memory),
                   mean, std::sqrt(var), tps);
+      if (gpu) std::printf("  %17lld", static_cast<long long>(last.peak_device_bytes));
+      std::printf("\n");
       std::fflush(stdout);
     }
     results.close();

@@ -11,6 +11,7 @@
 #include "loralab/data/synthetic.hpp"
 #include "loralab/data/tokenizer.hpp"
 #include "loralab/model/gpt.hpp"
+#include "support/temp_dir.hpp"
 #include "support/testing.hpp"
 
 using namespace loralab;
@@ -134,4 +135,74 @@ TEST_CASE("training on a synthetic task lowers the loss and raises exact-match a
   MESSAGE("copy task: accuracy " << before << " -> " << after << ", eval loss " << final_eval);
   CHECK(final_eval < 0.5 * first_loss);
   CHECK(after >= before + 0.5);
+}
+
+namespace {
+
+// A model that names its own optimizer (as device models do): the trainer must use it for the
+// step, the clipping norm and the checkpoint, and never touch host parameters.
+struct RecordingOptimizer {
+  using value_type = float;
+  std::vector<float> value{1.0f, 2.0f, 3.0f};
+  std::vector<double> scales;
+  std::vector<double> lrs;
+  template <class Model>
+  RecordingOptimizer(Model&, const AdamWConfig&) {}
+  void set_lr(double lr) { lrs.push_back(lr); }
+  void step(double s) {
+    scales.push_back(s);
+    for (float& v : value) v -= 0.5f;
+  }
+  std::int64_t steps() const { return std::int64_t(scales.size()); }
+  double grad_norm() const { return 10.0; }  // always clipped to cfg.clip
+  std::size_t tensors() const { return 1; }
+  std::vector<float> values(std::size_t) const { return value; }
+  void set_values(std::size_t, std::span<const float> v) { value.assign(v.begin(), v.end()); }
+  std::vector<float> first_moment(std::size_t) const { return {0.25f}; }
+  std::vector<float> second_moment(std::size_t) const { return {0.5f}; }
+  void restore(std::int64_t, std::size_t, std::span<const float>, std::span<const float>) {}
+  std::int64_t state_bytes() const { return 8; }
+};
+
+struct ModelWithOwnOptimizer {
+  using optimizer_type = RecordingOptimizer;
+  int forwards = 0, backwards = 0;
+  double forward(std::span<const std::int32_t>, std::span<const std::int32_t>, int, int, Pass) {
+    ++forwards;
+    return 1.0;
+  }
+  void backward() { ++backwards; }
+  void zero_grad() {}
+};
+
+}  // namespace
+
+TEST_CASE("Trainer uses the optimizer a model names (the device models' path)") {
+  testing::TempDir dir;
+  ModelWithOwnOptimizer m;
+  train::TrainConfig cfg;
+  cfg.steps = 3;
+  cfg.grad_accum = 2;
+  cfg.clip = 1.0;
+  cfg.progress = false;
+  cfg.checkpoint = dir.path / "own.safetensors";
+  train::Trainer<ModelWithOwnOptimizer> t(
+      m, cfg, [](std::int64_t step, int) { return copy_batch(step, 0, 2); },
+      [] { return train::EvalResult{}; });
+  t.run();
+  CHECK(m.forwards == 6);
+  CHECK(m.backwards == 6);
+  REQUIRE(t.optimizer().scales.size() == 3);
+  // mean over 2 micro-batches (1/2), then clipped: norm 10 * 1/2 = 5 > 1, so scale 1/2 * 1/5
+  for (double s : t.optimizer().scales) CHECK(s == doctest::Approx(0.1));
+  // The checkpoint holds what the optimizer reported, and loads back through set_values.
+  const io::SafetensorsFile f = io::SafetensorsFile::load(cfg.checkpoint);
+  CHECK(f.read<float>("param.0") == std::vector<float>{-0.5f, 0.5f, 1.5f});
+  CHECK(f.read<float>("adamw.m.0") == std::vector<float>{0.25f});
+  ModelWithOwnOptimizer m2;
+  train::Trainer<ModelWithOwnOptimizer> t2(
+      m2, cfg, [](std::int64_t step, int) { return copy_batch(step, 0, 2); },
+      [] { return train::EvalResult{}; });
+  CHECK(t2.load_checkpoint(cfg.checkpoint) == 3);
+  CHECK(t2.optimizer().value == std::vector<float>{-0.5f, 0.5f, 1.5f});
 }

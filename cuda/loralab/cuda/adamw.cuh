@@ -55,7 +55,7 @@ inline std::size_t chunk_offset(std::size_t tensors) {
 // same shared adamw_update, so both backends do the same float operations in the same order.
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const TensorDesc* __restrict__ tensors, const Chunk* __restrict__ chunks,
-                 AdamWStepCoefficients c) {
+                 AdamWStepCoefficients c, float grad_scale, bool scaled) {
   const Chunk chunk = chunks[blockIdx.x];
   const TensorDesc d = tensors[chunk.tensor];
   for (std::uint64_t j = chunk.begin + threadIdx.x; j < chunk.end; j += blockDim.x) {
@@ -63,12 +63,35 @@ __global__ void __launch_bounds__(kThreads)
     float p = d.value[i];
     float m = d.m[j];
     float v = d.v[j];
-    adamw_update<float>(p, d.grad[i], m, v, c);
+    // The CPU multiplies only when the scale is not 1: the same float operations here.
+    adamw_update<float>(p, scaled ? d.grad[i] * grad_scale : d.grad[i], m, v, c);
     d.value[i] = p;
     d.m[j] = m;
     d.v[j] = v;
     if (d.shadow) d.shadow[i] = __float2bfloat16(p);  // round to nearest even, as from_float
   }
+}
+
+// partial[block] = sum of grad^2 over the block's chunk (trainable entries), reduced in a fixed
+// order (shared-memory tree), so the host's sum over blocks is the same run to run.
+__global__ void __launch_bounds__(kThreads)
+    grad_squares_kernel(const TensorDesc* __restrict__ tensors, const Chunk* __restrict__ chunks,
+                        double* __restrict__ partial) {
+  __shared__ double buf[kThreads];
+  const Chunk chunk = chunks[blockIdx.x];
+  const TensorDesc d = tensors[chunk.tensor];
+  double acc = 0;
+  for (std::uint64_t j = chunk.begin + threadIdx.x; j < chunk.end; j += blockDim.x) {
+    const double g = d.grad[d.index ? d.index[j] : j];
+    acc += g * g;
+  }
+  buf[threadIdx.x] = acc;
+  __syncthreads();
+  for (unsigned s = kThreads / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) buf[threadIdx.x] += buf[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
 }
 
 }  // namespace adamw_impl
@@ -139,7 +162,7 @@ AdamW::AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg, cuda
   table_ = DeviceBuffer<unsigned char>::from_host(table, stream_);
 }
 
-void AdamW::step() {
+void AdamW::step(double grad_scale) {
   ++t_;
   const AdamWStepCoefficients c = AdamWStepCoefficients::make(cfg_, lr_, t_);
   if (chunks_ == 0) return;
@@ -147,8 +170,38 @@ void AdamW::step() {
   const auto* chunks = reinterpret_cast<const adamw_impl::Chunk*>(
       table_.data() + adamw_impl::chunk_offset(slots_.size()));
   adamw_impl::adamw_kernel<<<static_cast<unsigned>(chunks_), adamw_impl::kThreads, 0, stream_>>>(
-      tensors, chunks, c);
+      tensors, chunks, c, static_cast<float>(grad_scale), grad_scale != 1.0);
   LORALAB_CUDA_CHECK(cudaGetLastError());
+}
+
+double AdamW::grad_squared_norm() {
+  if (chunks_ == 0) return 0.0;
+  partial_.reserve_discard(chunks_);
+  const auto* tensors = reinterpret_cast<const adamw_impl::TensorDesc*>(table_.data());
+  const auto* chunks = reinterpret_cast<const adamw_impl::Chunk*>(
+      table_.data() + adamw_impl::chunk_offset(slots_.size()));
+  adamw_impl::grad_squares_kernel<<<static_cast<unsigned>(chunks_), adamw_impl::kThreads, 0,
+                                    stream_>>>(tensors, chunks, partial_.data());
+  LORALAB_CUDA_CHECK(cudaGetLastError());
+  std::vector<double> host(chunks_);
+  LORALAB_CUDA_CHECK(cudaMemcpyAsync(host.data(), partial_.data(), chunks_ * sizeof(double),
+                                     cudaMemcpyDeviceToHost, stream_));
+  LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  double sum = 0;
+  for (double p : host) sum += p;
+  return sum;
+}
+
+void AdamW::restore(std::int64_t steps, std::size_t k, std::span<const float> m,
+                    std::span<const float> v) {
+  LORALAB_CHECK(k < slots_.size() && m.size() == slots_[k].count && v.size() == slots_[k].count,
+                "[loralab.state] AdamW restore: tensor ", k, " expects ",
+                k < slots_.size() ? slots_[k].count : 0, " moments, got ", m.size(), " and ",
+                v.size());
+  t_ = steps;
+  if (m.empty()) return;
+  slots_[k].m.upload(m, stream_);
+  slots_[k].v.upload(v, stream_);
 }
 
 std::int64_t AdamW::state_bytes() const {

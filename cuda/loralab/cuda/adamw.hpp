@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "loralab/cuda/bf16.hpp"
@@ -38,8 +39,18 @@ class AdamW {
   /// \throws Error on a bad config or an empty tensor pointer.
   AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg = {},
         cudaStream_t stream = nullptr);
-  /// \brief One step over every tensor (asynchronous on the stream).
-  void step();
+  /// \brief One step over every tensor on `grad_scale` times the stored gradients (clipping and
+  /// accumulation scale there, as cpu::AdamW::step); asynchronous on the stream.
+  void step(double grad_scale = 1.0);
+  /// \brief Sum of squared gradients over the trainable entries (frozen entries hold 0), reduced
+  /// in a fixed order; waits for the stream.
+  double grad_squared_norm();
+  /// \brief Restores a checkpoint's step count and the packed moments of tensor k.
+  /// \throws Error when a moment vector has the wrong length.
+  void restore(std::int64_t steps, std::size_t k, std::span<const float> m,
+               std::span<const float> v);
+  /// \brief Number of tensors.
+  std::size_t tensors() const { return slots_.size(); }
   /// \brief Sets the learning rate of the next steps.
   void set_lr(double lr) { lr_ = lr; }
   /// \brief The current learning rate.
@@ -62,6 +73,7 @@ class AdamW {
   };
   std::vector<Slot> slots_;
   DeviceBuffer<unsigned char> table_;  // kernel arguments: tensor descriptors + chunk table
+  DeviceBuffer<double> partial_;       // grad_squared_norm: one sum per chunk
   std::size_t chunks_ = 0;
   AdamWConfig cfg_;
   double lr_;

@@ -228,7 +228,7 @@ void LinearCore<T>::forward(const T* X, T* Y, std::int64_t n, Pass pass) {
 }
 
 template <DeviceScalar T>
-void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n) {
+void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n, bool param_grads) {
   LORALAB_CHECK(!merged_,
                 "[loralab.state] backward on a merged adapter: unmerge() before training");
   LORALAB_CHECK(saved_rows_ >= 0, "[loralab.state] backward without a preceding forward");
@@ -246,10 +246,11 @@ void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n) {
   gemm_row_major(h, false, false, n, rank_, out_, scale_, GY, kT, out_, B, kT, rank_, 0.0f,
                  GU_.data(), kT,
                  rank_);  // G_U = s dY B [n x r]
-  gemm_row_major(h, true, false, out_, rank_, n, scale_, GY, kT, out_, U_.data(), kT, rank_, 1.0f,
-                 dB, CUDA_R_32F,
-                 rank_);  // dB += s dY^T U [out x r], fp32
-  if (!flags_.freeze_a) {
+  if (param_grads)
+    gemm_row_major(h, true, false, out_, rank_, n, scale_, GY, kT, out_, U_.data(), kT, rank_,
+                   1.0f, dB, CUDA_R_32F,
+                   rank_);  // dB += s dY^T U [out x r], fp32
+  if (param_grads && !flags_.freeze_a) {
     const T* H = X;
     if (dropout) {  // regenerate the mask from Philox instead of storing it
       input_dropout(X, H_.data(), n, last_pass_.step);
@@ -259,7 +260,7 @@ void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n) {
                    CUDA_R_32F,
                    in_);  // dA += G_U^T H [r x in], fp32
   }
-  if (flags_.has_mask) {
+  if (param_grads && flags_.has_mask) {
     const std::int64_t total = std::int64_t(grads_.size());
     kernels::zero_frozen<<<kernels::blocks_for(total), kernels::kThreads, 0, stream_>>>(
         grads_.data(), mask_.data(), total);
@@ -269,6 +270,7 @@ void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n) {
   gemm_row_major(h, false, false, n, in_, out_, 1.0f, GY, kT, out_, weight_, kT, in_, 0.0f, dX, kT,
                  in_);  // dX = dY W
   if (dropout) {        // dX += (G_U A) .* D / (1-p), H_ reused as the G_U A buffer
+    H_.reserve_discard(std::size_t(n) * in_);
     gemm_row_major(h, false, false, n, in_, rank_, 1.0f, GU_.data(), kT, rank_, A, kT, in_, 0.0f,
                    H_.data(), kT, in_);
     const std::uint64_t stream = make_stream(RngPurpose::input_dropout, cfg_.module_id,

@@ -56,8 +56,9 @@ class LinearCore {
   void refresh_compute_copy();
   /// \brief Y = X W^T + b + s drop(X) A^T B^T; keeps U for backward.
   void forward(const T* X, T* Y, std::int64_t n, Pass pass);
-  /// \brief Accumulates dA, dB (fp32; frozen entries exactly 0); writes dX when non-null.
-  void backward(const T* X, const T* GY, T* dX, std::int64_t n);
+  /// \brief Accumulates dA, dB (fp32; frozen entries exactly 0) unless `param_grads` is false
+  /// (a frozen block: only dX); writes dX when non-null.
+  void backward(const T* X, const T* GY, T* dX, std::int64_t n, bool param_grads = true);
   /// \brief Zeroes the gradients.
   void zero_grad() { grads_.zero(stream_); }
   /// \brief W <- W + s B A (safe: computed into a copy, checked finite, then written).
@@ -190,8 +191,15 @@ class AdaptedLinear {
   void backward(const T* X, const T* GY, std::int64_t n) { core_.backward(X, GY, nullptr, n); }
   /// \brief Accumulates dA, dB and writes dX [n x in].
   void backward(const T* X, const T* GY, T* dX, std::int64_t n) { core_.backward(X, GY, dX, n); }
+  /// \brief Writes dX [n x in] only, leaving dA, dB untouched (the layer's block is frozen; the
+  /// gradient still flows through), as cpu::AdaptedLinear::backward_input.
+  void backward_input(const T* X, const T* GY, T* dX, std::int64_t n) {
+    core_.backward(X, GY, dX, n, false);
+  }
   /// \brief Sets the gradients to zero.
   void zero_grad() { core_.zero_grad(); }
+  /// \brief The type-independent device state (what cuda::Gpt's compiled core drives).
+  LinearCore<T>& core() { return core_; }
   /// \brief W <- W + s B A on the device (safe merge).
   void merge() { core_.merge(); }
   /// \brief W <- W - s B A on the device.

@@ -4,7 +4,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <utility>
 #include <vector>
@@ -13,6 +15,35 @@
 #include "loralab/cuda/error.hpp"
 
 namespace loralab::cuda {
+
+/// \ingroup cuda
+/// \brief Bytes held by every DeviceBuffer of the process: now and at the peak since the last
+/// reset_device_memory_peak(). Library workspaces (cuBLAS) are not included.
+struct DeviceMemory {
+  std::int64_t current = 0;  ///< bytes allocated now
+  std::int64_t peak = 0;     ///< most bytes allocated at once
+};
+
+namespace memory_detail {
+inline std::atomic<std::int64_t> g_device_bytes{0};
+inline std::atomic<std::int64_t> g_device_peak{0};
+inline void count_device_bytes(std::int64_t delta) {
+  const std::int64_t now = g_device_bytes.fetch_add(delta) + delta;
+  std::int64_t peak = g_device_peak.load();
+  while (now > peak && !g_device_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+}  // namespace memory_detail
+
+/// \ingroup cuda
+/// \brief What DeviceBuffers hold now and at their peak (per-arm peak memory in ablate).
+inline DeviceMemory device_memory() {
+  return {memory_detail::g_device_bytes.load(), memory_detail::g_device_peak.load()};
+}
+
+/// \ingroup cuda
+/// \brief Starts a new peak measurement at the current allocation.
+inline void reset_device_memory_peak() { memory_detail::g_device_peak.store(memory_detail::g_device_bytes.load()); }
 
 /// \ingroup cuda
 /// \brief An owning, move-only array of `T` in device memory.
@@ -89,10 +120,13 @@ class DeviceBuffer {
     LORALAB_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
     ptr_ = static_cast<T*>(p);
     size_ = n;
+    memory_detail::count_device_bytes(std::int64_t(n * sizeof(T)));
   }
   void release() noexcept {
-    if (ptr_)
+    if (ptr_) {
       cudaFree(ptr_);  // no throw from a destructor path; cudaFree cannot fail usefully here
+      memory_detail::count_device_bytes(-std::int64_t(size_ * sizeof(T)));
+    }
     ptr_ = nullptr;
     size_ = 0;
   }

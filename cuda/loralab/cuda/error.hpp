@@ -15,7 +15,7 @@ namespace loralab::cuda {
 /// cudaSuccess.
 inline void check_cuda(cudaError_t status, const char* call, const char* file, int line) {
   if (status != cudaSuccess)
-    detail::throw_error(file, line, "[loralab.cuda] ", call,
+    ::loralab::detail::throw_error(file, line, "[loralab.cuda] ", call,
                         " failed: ", cudaGetErrorString(status), " (", cudaGetErrorName(status),
                         ")");
 }

@@ -10,24 +10,11 @@
 #include <type_traits>
 
 #include "loralab/cpu/eigen_types.hpp"
+#include "loralab/model/attention_hooks.hpp"
 #include "loralab/model/detail/checks.hpp"
 
 namespace loralab::model {
 
-/// \ingroup model
-/// \brief Optional per-logit arrays that change attention, for dropout methods (methods.md 4.4).
-/// Both are row-major [B*H*T x T], row `(b*H + h)*T + i` (batch b, head h, query i), column j
-/// (key), i.e. the layout of attention_forward's `probs`. With both null, plain attention. Pass
-/// the same hooks to attention_backward as to the forward.
-struct AttentionHooks {
-  /// DropKey: 0 = logit (i, j) is set to -inf before the softmax (combined with the causal mask);
-  /// nonzero = kept. A row whose every allowed key is dropped yields all-zero weights (and a zero
-  /// output row), never NaN. Null = keep all.
-  const std::uint8_t* logit_keep = nullptr;
-  /// DropAttention: multiplies the weights after the softmax (typically 0 or 1/(1-p)); treated
-  /// as a constant in backward. Null = all ones.
-  const float* weight_scale = nullptr;
-};
 
 namespace detail {
 

@@ -18,25 +18,11 @@
 #include "loralab/core/memory.hpp"
 #include "loralab/cpu/adapted_linear.hpp"
 #include "loralab/model/layers.hpp"
+#include "loralab/model/options.hpp"
 #include "loralab/model/weights.hpp"
 #include "loralab/optim/param_tensor.hpp"
 
 namespace loralab::model {
-
-/// \ingroup model
-/// \brief What trains: the adapters on the targeted modules (base frozen), or every weight.
-enum class TrainMode {
-  adapters,  ///< base weights frozen; adapters on `targets` train
-  full,      ///< full fine-tuning: every base weight trains, no adapters
-};
-
-/// \ingroup model
-/// \brief Run-time options of a Gpt.
-struct GptOptions {
-  TrainMode mode = TrainMode::adapters;  ///< adapters or full fine-tuning
-  ModuleSet targets;                     ///< modules that carry an adapter (default: all four)
-  AdapterConfig adapter;                 ///< rank, alpha, dropout, seed of every adapter
-};
 
 /// \ingroup model
 /// \brief Places where later methods (the dropout framework) act inside a block. Each is

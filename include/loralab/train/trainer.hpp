@@ -12,11 +12,12 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "loralab/adapter.hpp"
 #include "loralab/core/error.hpp"
-#include "loralab/cpu/adamw.hpp"
+#include "loralab/train/host_optimizer.hpp"
 #include "loralab/data/batch.hpp"
 #include "loralab/io/safetensors.hpp"
 #include "loralab/train/schedule.hpp"
@@ -69,8 +70,24 @@ struct TrainResult {
 };
 
 /// \ingroup train
+/// \brief The optimizer a Trainer uses for `Model`: `Model::optimizer_type` when the model names
+/// one (device models: cuda::DeviceOptimizer), else HostOptimizer<T> over its parameters().
+template <class Model, class T>
+struct OptimizerFor {
+  using type = HostOptimizer<T>;  ///< the default, host-memory parameters
+};
+/// \ingroup train
+/// \brief The optimizer a model names for itself.
+template <class Model, class T>
+  requires requires { typename Model::optimizer_type; }
+struct OptimizerFor<Model, T> {
+  using type = typename Model::optimizer_type;  ///< e.g. cuda::DeviceOptimizer
+};
+
+/// \ingroup train
 /// \brief Trains `Model` (anything with forward(tokens, targets, batch, seq, Pass) -> loss,
-/// backward(), zero_grad(), parameters() -> vector<ParamTensor<T>>).
+/// backward(), zero_grad(), parameters(); host models return vector<ParamTensor<T>>, device
+/// models name their optimizer_type), on the CPU or the GPU alike.
 ///
 /// Determinism: the batch of a step and every dropout mask are pure functions of the step
 /// (`next_batch(step, micro)`, `Pass{true, step}`), so a checkpoint only needs the parameters, the
@@ -78,6 +95,12 @@ struct TrainResult {
 template <class Model, class T = float>
 class Trainer {
  public:
+  /// \brief The optimizer type (see OptimizerFor).
+  using Optimizer = typename OptimizerFor<Model, T>::type;
+  static_assert(std::is_same_v<typename Optimizer::value_type, T>,
+                "loralab: Trainer<Model, T>: T must be the optimizer's value type (float for "
+                "device models)");
+
   /// \brief `next_batch(step, micro)` gives the micro-batch; `evaluate()` runs the validation.
   Trainer(Model& model, TrainConfig cfg, std::function<data::Batch(std::int64_t, int)> next_batch,
           std::function<EvalResult()> evaluate)
@@ -85,7 +108,7 @@ class Trainer {
         cfg_(std::move(cfg)),
         next_batch_(std::move(next_batch)),
         evaluate_(std::move(evaluate)),
-        opt_(model.parameters(), AdamWConfig{.lr = cfg_.lr, .weight_decay = cfg_.weight_decay}) {
+        opt_(model, AdamWConfig{.lr = cfg_.lr, .weight_decay = cfg_.weight_decay}) {
     LORALAB_CHECK(cfg_.steps >= 1 && cfg_.grad_accum >= 1 && cfg_.eval_every >= 1,
                   "[loralab.config] TrainConfig needs steps >= 1, grad_accum >= 1, eval_every >= "
                   "1; got steps=",
@@ -125,7 +148,7 @@ class Trainer {
                     "'; try a smaller learning rate (lr=", cfg_.lr, ") or a tighter clip");
       double scale = 1.0 / cfg_.grad_accum;  // the mean over micro-batches
       if (cfg_.clip > 0) {
-        const double norm = grad_norm() * scale;
+        const double norm = opt_.grad_norm() * scale;
         if (norm > cfg_.clip) scale *= cfg_.clip / norm;
       }
       const double lr = schedule(step);
@@ -176,19 +199,18 @@ class Trainer {
   /// \brief Writes parameters, optimizer moments and the step (atomically: temp file + rename).
   void save_checkpoint(const std::filesystem::path& path, std::int64_t step) {
     io::SafetensorsWriter w;
-    auto params = model_.parameters();
-    for (std::size_t k = 0; k < params.size(); ++k) {
-      const auto& p = params[k];
-      w.add<T>("param." + std::to_string(k), {std::int64_t(p.value.size())},
-               std::span<const T>(p.value));
-      const auto m = opt_.first_moment(k), v = opt_.second_moment(k);
-      w.add<T>("adamw.m." + std::to_string(k), {std::int64_t(m.size())}, m);
-      w.add<T>("adamw.v." + std::to_string(k), {std::int64_t(v.size())}, v);
+    const std::size_t tensors = opt_.tensors();
+    for (std::size_t k = 0; k < tensors; ++k) {
+      const std::vector<T> p = opt_.values(k);
+      w.add<T>("param." + std::to_string(k), {std::int64_t(p.size())}, std::span<const T>(p));
+      const std::vector<T> m = opt_.first_moment(k), v = opt_.second_moment(k);
+      w.add<T>("adamw.m." + std::to_string(k), {std::int64_t(m.size())}, std::span<const T>(m));
+      w.add<T>("adamw.v." + std::to_string(k), {std::int64_t(v.size())}, std::span<const T>(v));
     }
     w.set_metadata("format", "loralab-checkpoint");
     w.set_metadata("step", std::to_string(step));
     w.set_metadata("adamw_steps", std::to_string(opt_.steps()));
-    w.set_metadata("tensors", std::to_string(params.size()));
+    w.set_metadata("tensors", std::to_string(tensors));
     w.set_metadata("label", cfg_.label);
     w.write(path);
   }
@@ -201,17 +223,16 @@ class Trainer {
     LORALAB_CHECK(meta.count("format") && meta.at("format") == "loralab-checkpoint",
                   "[loralab.io] ", path.string(),
                   " is not a loralab checkpoint (no format=loralab-checkpoint)");
-    auto params = model_.parameters();
-    LORALAB_CHECK(std::to_string(params.size()) == meta.at("tensors"), "[loralab.io] ",
-                  path.string(), " holds ", meta.at("tensors"),
-                  " parameter tensors, this model has ", params.size());
+    const std::size_t tensors = opt_.tensors();
+    LORALAB_CHECK(std::to_string(tensors) == meta.at("tensors"), "[loralab.io] ", path.string(),
+                  " holds ", meta.at("tensors"), " parameter tensors, this model has ", tensors);
     const std::int64_t adamw_steps = std::stoll(meta.at("adamw_steps"));
-    for (std::size_t k = 0; k < params.size(); ++k) {
+    for (std::size_t k = 0; k < tensors; ++k) {
       const std::vector<T> values = f.read<T>("param." + std::to_string(k));
-      LORALAB_CHECK(values.size() == params[k].value.size(), "[loralab.io] ", path.string(),
-                    ": tensor ", k, " has ", values.size(), " entries, the model's has ",
-                    params[k].value.size());
-      std::copy(values.begin(), values.end(), params[k].value.begin());
+      const std::size_t want = opt_.values(k).size();
+      LORALAB_CHECK(values.size() == want, "[loralab.io] ", path.string(), ": tensor ", k,
+                    " has ", values.size(), " entries, the model's has ", want);
+      opt_.set_values(k, values);
       const std::vector<T> m = f.read<T>("adamw.m." + std::to_string(k));
       const std::vector<T> v = f.read<T>("adamw.v." + std::to_string(k));
       opt_.restore(adamw_steps, k, m, v);
@@ -220,15 +241,9 @@ class Trainer {
   }
 
   /// \brief The optimizer (state bytes for the memory report).
-  const cpu::AdamW<T>& optimizer() const { return opt_; }
+  const Optimizer& optimizer() const { return opt_; }
 
  private:
-  double grad_norm() {
-    double sum = 0;
-    for (const auto& p : model_.parameters())
-      for (T g : p.grad) sum += double(g) * double(g);  // frozen entries hold exactly 0
-    return std::sqrt(sum);
-  }
 
   std::ofstream open_csv(bool append) {
     if (cfg_.csv.empty()) return {};
@@ -243,7 +258,7 @@ class Trainer {
   TrainConfig cfg_;
   std::function<data::Batch(std::int64_t, int)> next_batch_;
   std::function<EvalResult()> evaluate_;
-  cpu::AdamW<T> opt_;
+  Optimizer opt_;
 };
 
 }  // namespace loralab::train

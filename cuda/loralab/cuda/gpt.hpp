@@ -1,0 +1,166 @@
+/// \file
+/// \brief `cuda::Gpt`: the GPT-2-style decoder on the device with adapters of a composed type on
+/// its linears; the mirror of model::Gpt (same member names, same parameter order, so a
+/// train::Trainer drives either and checkpoints move between them). Host code, readable by g++;
+/// the device work is in GptCore and LinearCore, linked from loralab::cuda_instances.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "loralab/adapter.hpp"
+#include "loralab/core/error.hpp"
+#include "loralab/core/memory.hpp"
+#include "loralab/cuda/adamw.hpp"
+#include "loralab/cuda/adapted_linear.hpp"
+#include "loralab/cuda/gpt_core.hpp"
+#include "loralab/cuda/optimizer.hpp"
+#include "loralab/model/gpt.hpp"
+#include "loralab/model/weights.hpp"
+
+namespace loralab::cuda {
+
+/// \ingroup cuda
+/// \brief The decoder on the device. Copies the base weights from a host GptWeights<float>
+/// (rounded to T once); adapters get module ids 4 * layer + module, as on the CPU, so their
+/// initial values, LoRA-SP masks and dropout masks are the CPU's bit for bit.
+/// \tparam Spec the adapter type of every targeted module. \tparam T float or bf16.
+template <AdapterSpec Spec, DeviceScalar T>
+class Gpt {
+ public:
+  /// \brief The optimizer train::Trainer uses for this model (fused AdamW on the device).
+  using optimizer_type = DeviceOptimizer;
+
+  /// \brief Uploads `weights` and builds the adapters of `opts` (adapter mode).
+  /// \throws Error on a bad configuration, as model::Gpt.
+  Gpt(const model::GptWeights<float>& weights, const model::GptOptions& opts,
+      const GptDeviceOptions& device = {})
+      : opts_(opts), core_(weights.config(), weights.flat(), opts.mode, device) {
+    const model::GptConfig& cfg = core_.config();
+    adapters_.resize(std::size_t(cfg.layers) * model::kModulesPerBlock);
+    if (opts.mode == model::TrainMode::full) return;
+    for (int l = 0; l < cfg.layers; ++l)
+      for (int m = 0; m < model::kModulesPerBlock; ++m) {
+        const auto mod = static_cast<model::Module>(m);
+        if (!opts.targets.contains(mod)) continue;
+        AdapterConfig c = opts.adapter;
+        c.module_id = static_cast<std::uint32_t>(model::kModulesPerBlock * l + m);
+        c.check_finite = false;  // the model checks its token ids instead (no sync per linear)
+        const model::TensorSlot& s = weights.slots()[model::weight_slot(l, mod)];
+        auto a = std::make_unique<AdaptedLinear<Spec, T>>(core_.weight(l, mod), s.rows, s.cols,
+                                                          core_.bias(l, mod), c, core_.stream());
+        core_.attach(l, mod, &a->core());
+        adapters_[std::size_t(l) * model::kModulesPerBlock + std::size_t(m)] = std::move(a);
+      }
+  }
+
+  /// \brief The configuration.
+  const model::GptConfig& config() const { return core_.config(); }
+  /// \brief Options the model was built with.
+  const model::GptOptions& options() const { return opts_; }
+  /// \brief The stream of every launch.
+  cudaStream_t stream() const { return core_.stream(); }
+  /// \brief The adapter of module m in block l, or null when it carries none.
+  AdaptedLinear<Spec, T>* adapter(int l, model::Module m) {
+    return adapters_.at(std::size_t(l) * model::kModulesPerBlock + std::size_t(m)).get();
+  }
+  /// \brief Dropout places (see DeviceModelHooks).
+  DeviceModelHooks<T>& hooks() { return core_.hooks(); }
+  /// \brief Layer-sampling hook, as model::Gpt::set_block_trainable.
+  void set_block_trainable(int l, bool trainable) { core_.set_block_trainable(l, trainable); }
+  /// \brief Whether block l trains.
+  bool block_trainable(int l) const { return core_.block_trainable(l); }
+
+  /// \brief Forward of token ids [batch x seq] with next-token targets (-1 ignored); returns the
+  /// mean loss and keeps what backward needs. \throws Error as model::Gpt::forward.
+  double forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets,
+                 int batch, int seq, Pass pass = {}) {
+    return core_.forward(tokens, targets, batch, seq, pass);
+  }
+  /// \brief Forward without a loss; returns the logits [batch*seq x V] on the host (fp32).
+  std::vector<float> forward_logits(std::span<const std::int32_t> tokens, int batch, int seq,
+                                    Pass pass = {}) {
+    core_.forward_logits(tokens, batch, seq, pass);
+    return core_.logits_host();
+  }
+  /// \brief Backward of the last forward's mean loss; accumulates what trains.
+  void backward() { core_.backward(); }
+  /// \brief Zeroes every gradient.
+  void zero_grad() {
+    core_.zero_grad();
+    for (auto& a : adapters_)
+      if (a) a->zero_grad();
+  }
+  /// \brief The tensors an optimizer updates, in model::Gpt's order: the shared pools then every
+  /// adapter's (A, B, mask); or the whole weight master then the pools in full mode.
+  std::vector<DeviceParamTensor> parameters() {
+    std::vector<DeviceParamTensor> out = core_.own_parameters();
+    for (auto& a : adapters_)
+      if (a)
+        for (auto& p : a->parameters()) out.push_back(p);
+    return out;
+  }
+  /// \brief A trainable pool shared across blocks (see DeviceSharedPool).
+  DeviceSharedPool& shared_pool(const std::string& name, std::size_t size) {
+    return core_.shared_pool(name, size);
+  }
+  /// \brief Device input of module m in block l saved by the last forward.
+  const T* linear_input(int l, model::Module m) const { return core_.linear_input(l, m); }
+
+  /// \brief Trainable parameters and device bytes by category for a batch of `tokens` rows
+  /// (adapters' storage, gradients, AdamW state as cuda::AdamW holds it, masks, activations).
+  MemoryReport memory(std::int64_t tokens) const {
+    MemoryReport m;
+    if (opts_.mode == model::TrainMode::full) {
+      const std::int64_t n = core_.weight_count();
+      m.trainable_params = n;
+      m.gradient_bytes = 4 * n;
+      m.optimizer_state_bytes = 8 * n;
+    } else {
+      for (const auto& a : adapters_)
+        if (a) m += a->memory(tokens);
+      m.saved_input_bytes = 0;  // the model's activations are counted once below
+    }
+    m.activation_bytes = core_.activation_bytes(tokens);
+    return m;
+  }
+
+  /// \brief Greedy decoding, as model::Gpt::generate (eval mode, one forward per token).
+  std::vector<std::int32_t> generate(std::vector<std::int32_t> prompt, int max_new,
+                                     std::int32_t stop) {
+    std::vector<std::int32_t> out;
+    for (int k = 0; k < max_new && int(prompt.size()) < config().context; ++k) {
+      core_.forward_logits(prompt, 1, int(prompt.size()), Pass{false, 0});
+      const std::vector<float> row = core_.logits_row(std::int64_t(prompt.size()) - 1);
+      std::int32_t next = 0;
+      for (std::size_t v = 1; v < row.size(); ++v)
+        if (row[v] > row[std::size_t(next)]) next = std::int32_t(v);
+      out.push_back(next);
+      if (next == stop) break;
+      prompt.push_back(next);
+    }
+    return out;
+  }
+
+  /// \brief Copies the base weights to `out` (trained weights in full mode; adapters stay
+  /// separate, unmerged).
+  void download(model::GptWeights<float>& out) const {
+    LORALAB_CHECK(out.config().to_string() == config().to_string(),
+                  "[loralab.shape] download: the weights are for ", out.config().to_string(),
+                  ", the model is ", config().to_string());
+    core_.download(out.flat());
+  }
+
+  /// \brief The compiled core (for tests and tools that drive layers directly).
+  GptCore<T>& core() { return core_; }
+
+ private:
+  model::GptOptions opts_;
+  GptCore<T> core_;
+  std::vector<std::unique_ptr<AdaptedLinear<Spec, T>>> adapters_;  // [L x 4], null = none
+};
+
+}  // namespace loralab::cuda
