@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# Runs the CUDA benchmarks side by side in one go: bench_adapter_cuda (loralab, bf16, cuBLAS base)
-# and PEFT (bench/peers/peft_layer.py), then prints one markdown table with the ratios and the
-# CUDA issue's targets, PASS/FAIL each (bench/summarize_cuda.py). Needs a CUDA device, and for the
-# peer a Python with PyTorch (CUDA build) and peft: PYTHON=/path/to/python to choose it.
+# Runs the CUDA benchmarks side by side in one go.
+#  1. Adapter layer: bench_adapter_cuda (loralab, bf16, cuBLAS base) and PEFT
+#     (bench/peers/peft_layer.py), then one markdown table with the ratios and the CUDA issue's
+#     targets, PASS/FAIL each (bench/summarize_cuda.py).
+#  2. GPT-2 124M LoRA fine-tuning: bench_gpt2_cuda in bf16, plain and --recompute, and PyTorch +
+#     PEFT (bench/peers/peft_gpt2.py), eager and --compile; one JSON line each in
+#     OUTDIR/gpt2_*.jsonl (an arm that fails leaves an "error" line and the others still run),
+#     then bench/summarize_gpt2.py prints the table and writes it into docs/PERFORMANCE.md
+#     (between the gpt2-bench markers; GPT2_UPDATE_DOCS=0 leaves the docs alone).
+# Needs a CUDA device, and for the peers a Python with PyTorch (CUDA build), transformers and
+# peft: PYTHON=/path/to/python to choose it. About 3 to 6 minutes on an H100 once built.
 # Usage: bench/run_cuda.sh [output directory, default build/default/bench-results-cuda]
-# Exit status: the summarizer's (0 all targets pass, 1 one fails, 2 a number is missing), or 77
-# when there is no CUDA device.
+# Exit status: the worse of the two summarizers' (0 all targets pass, 1 one fails, 2 a number is
+# missing), a failed adapter benchmark's status, or 77 when there is no CUDA device.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$root/build/default/bench-results-cuda}"
 python="${PYTHON:-python3}"
+arm_timeout="${GPT2_ARM_TIMEOUT:-600}"  # seconds per GPT-2 arm (torch.compile takes the longest)
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+cd "$root"
 if [ ! -f "$root/build/default/build.ninja" ]; then
   (cd "$root" && cmake --preset default >&2)
 fi
 cmake --build "$root/build/default" --target bench_adapter_cuda >&2
+
+# ---- 1. adapter layer ------------------------------------------------------------------------
 status=0
 "$root/build/default/bench/bench_adapter_cuda" --benchmark_out="$out/loralab.json" \
   --benchmark_out_format=json >&2 || status=$?
@@ -22,8 +34,56 @@ if [ "$status" -eq 77 ]; then
   echo "[bench] no CUDA device on this machine: nothing was measured" >&2
   exit 77
 elif [ "$status" -ne 0 ]; then
-  echo "[bench] bench_adapter_cuda failed with status $status" >&2
-  exit "$status"
+  echo "[bench] bench_adapter_cuda failed with status $status; going on with GPT-2" >&2
+else
+  peer_status=0
+  "$python" "$root/bench/peers/peft_layer.py" > "$out/peft.jsonl" || peer_status=$?
+  [ "$peer_status" -eq 0 ] || echo "[bench] peft_layer.py failed with status $peer_status" >&2
+  python3 "$root/bench/summarize_cuda.py" "$out" || status=$?
 fi
-"$python" "$root/bench/peers/peft_layer.py" > "$out/peft.jsonl"
-python3 "$root/bench/summarize_cuda.py" "$out"
+
+# ---- 2. GPT-2 124M fine-tuning ---------------------------------------------------------------
+echo "[bench] GPT-2 124M LoRA fine-tuning: loralab bf16, bf16 --recompute, PEFT, PEFT+compile" >&2
+rm -f "$out"/gpt2_*.jsonl
+build_status=0
+cmake --build "$root/build/default" --target bench_gpt2_cuda >&2 || build_status=$?
+
+# run_arm NAME FALLBACK_JSON_FIELDS COMMAND...: COMMAND's stdout goes to OUTDIR/gpt2_NAME.jsonl;
+# when it exits non-zero without printing an "error" line, one is added (FALLBACK names the arm).
+run_arm() {
+  local name="$1" fields="$2" file="$out/gpt2_$1.jsonl" rc=0
+  shift 2
+  echo "[bench] gpt2 $name: $*" >&2
+  timeout "$arm_timeout" "$@" > "$file" || rc=$?
+  if [ "$rc" -ne 0 ] && ! grep -q '"error"' "$file"; then
+    local why="exited with status $rc without a result"
+    [ "$rc" -ne 124 ] || why="timed out after ${arm_timeout}s (GPT2_ARM_TIMEOUT)"
+    echo "{$fields, \"error\": \"$why\"}" >> "$file"
+  fi
+  echo "[bench] gpt2 $name: exit status $rc" >&2
+}
+
+gpt2_bin="build/default/bench/bench_gpt2_cuda"  # relative: the JSON records the command
+if [ "$build_status" -eq 0 ]; then
+  run_arm loralab_bf16 '"impl": "loralab", "dtype": "bf16", "recompute": false' \
+    "$gpt2_bin" --dtype bf16 --json
+  run_arm loralab_bf16_recompute '"impl": "loralab", "dtype": "bf16", "recompute": true' \
+    "$gpt2_bin" --dtype bf16 --recompute --json
+else
+  for arm in loralab_bf16 loralab_bf16_recompute; do
+    recompute=false; [ "$arm" = loralab_bf16 ] || recompute=true
+    echo "{\"impl\": \"loralab\", \"dtype\": \"bf16\", \"recompute\": $recompute, \"error\": \"bench_gpt2_cuda did not build (status $build_status)\"}" \
+      > "$out/gpt2_$arm.jsonl"
+  done
+fi
+run_arm peft '"impl": "peft"' "$python" bench/peers/peft_gpt2.py
+run_arm peft_compile '"impl": "peft+compile"' "$python" bench/peers/peft_gpt2.py --compile
+
+device="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
+update=(--update "$root/docs/PERFORMANCE.md")
+[ "${GPT2_UPDATE_DOCS:-1}" != 0 ] || update=()
+gpt2_status=0
+python3 "$root/bench/summarize_gpt2.py" --device "$device" --command "bench/run_cuda.sh" \
+  ${update[@]+"${update[@]}"} "$out" || gpt2_status=$?
+[ "$gpt2_status" -le "$status" ] || status=$gpt2_status
+exit "$status"

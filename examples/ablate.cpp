@@ -83,8 +83,9 @@ auto on_device(const Options& o, Fn&& fn) {
     if (o.dtype == "bf16") return fn.template operator()<cuda::Gpt<Spec, cuda::bf16>>();
     return fn.template operator()<cuda::Gpt<Spec, float>>();
 #else
-    LORALAB_FAIL("[loralab.config] --device cuda: this ablate was built without the CUDA backend "
-                 "(configure with LORALAB_CUDA=ON on a machine with nvcc)");
+    LORALAB_FAIL(
+        "[loralab.config] --device cuda: this ablate was built without the CUDA backend "
+        "(configure with LORALAB_CUDA=ON on a machine with nvcc)");
 #endif
   }
   return fn.template operator()<model::Gpt<Spec, float>>();
@@ -230,49 +231,48 @@ struct Arm {
 
 template <class Spec>
 Arm make_arm(std::string name, model::TrainMode mode) {
-  return Arm{name, [name, mode](const Options& o, const Task& task,
-                                const model::GptWeights<float>& base, std::uint64_t seed) {
-               return on_device<Spec>(o, [&]<class Model>() {
-                 model::GptWeights<float> w = base;  // every arm starts from the same base
-                 model::GptOptions opts;
-                 opts.mode = mode;
-                 opts.adapter.rank = o.rank;
-                 opts.adapter.alpha = o.alpha;
-                 opts.adapter.seed = seed;
+  return Arm{
+      name, [name, mode](const Options& o, const Task& task, const model::GptWeights<float>& base,
+                         std::uint64_t seed) {
+        return on_device<Spec>(o, [&]<class Model>() {
+          model::GptWeights<float> w = base;  // every arm starts from the same base
+          model::GptOptions opts;
+          opts.mode = mode;
+          opts.adapter.rank = o.rank;
+          opts.adapter.alpha = o.alpha;
+          opts.adapter.seed = seed;
 #if LORALAB_HAS_CUDA
-                 cuda::reset_device_memory_peak();
+          cuda::reset_device_memory_peak();
 #endif
-                 const auto m = build_model<Model>(w, opts, o);
-                 train::TrainConfig cfg;
-                 cfg.steps = o.steps;
-                 cfg.lr = mode == model::TrainMode::full ? o.lr_full : o.lr_adapter;
-                 cfg.warmup = std::min<std::int64_t>(50, o.steps / 10);
-                 cfg.eval_every = o.eval_every;
-                 cfg.label = name + "/seed" + std::to_string(seed);
-                 auto loss_of = [&](const data::Batch& b) {
-                   return m->forward(b.tokens, b.targets, int(b.batch), int(b.length),
-                                     Pass{false, 0});
-                 };
-                 auto generate = [&](std::vector<std::int32_t> prompt) {
-                   return m->generate(std::move(prompt), 8, data::kEos);
-                 };
-                 train::Trainer<Model> t(
-                     *m, cfg,
-                     [&](std::int64_t step, int) { return task.finetune_batch(seed, step); },
-                     [&] { return task.evaluate(loss_of, generate); });
-                 ArmRun r;
-                 const auto res = t.run();
-                 r.curve = res.curve;
-                 r.tokens_per_second = res.tokens_per_second;
-                 r.memory = m->memory(std::int64_t(o.batch) * o.model.context);
-                 r.optimizer_bytes = t.optimizer().state_bytes();
+          const auto m = build_model<Model>(w, opts, o);
+          train::TrainConfig cfg;
+          cfg.steps = o.steps;
+          cfg.lr = mode == model::TrainMode::full ? o.lr_full : o.lr_adapter;
+          cfg.warmup = std::min<std::int64_t>(50, o.steps / 10);
+          cfg.eval_every = o.eval_every;
+          cfg.label = name + "/seed" + std::to_string(seed);
+          auto loss_of = [&](const data::Batch& b) {
+            return m->forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0});
+          };
+          auto generate = [&](std::vector<std::int32_t> prompt) {
+            return m->generate(std::move(prompt), 8, data::kEos);
+          };
+          train::Trainer<Model> t(
+              *m, cfg, [&](std::int64_t step, int) { return task.finetune_batch(seed, step); },
+              [&] { return task.evaluate(loss_of, generate); });
+          ArmRun r;
+          const auto res = t.run();
+          r.curve = res.curve;
+          r.tokens_per_second = res.tokens_per_second;
+          r.memory = m->memory(std::int64_t(o.batch) * o.model.context);
+          r.optimizer_bytes = t.optimizer().state_bytes();
 #if LORALAB_HAS_CUDA
-                 if constexpr (requires { typename Model::optimizer_type; })
-                   r.peak_device_bytes = cuda::device_memory().peak;
+          if constexpr (requires { typename Model::optimizer_type; })
+            r.peak_device_bytes = cuda::device_memory().peak;
 #endif
-                 return r;
-               });
-             }};
+          return r;
+        });
+      }};
 }
 
 std::map<std::string, Arm> make_arms() {
@@ -390,12 +390,13 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
       LORALAB_FAIL("[loralab.config] unknown option '", a, "' (see --help)");
   }
   if (o.model.context == 0) o.model.context = o.task == "fortunes" ? 64 : 24;
-  LORALAB_CHECK(o.device == "cpu" || o.device == "cuda", "[loralab.config] --device '",
-                o.device, "': use cpu or cuda");
+  LORALAB_CHECK(o.device == "cpu" || o.device == "cuda", "[loralab.config] --device '", o.device,
+                "': use cpu or cuda");
   LORALAB_CHECK(o.dtype == "f32" || o.dtype == "bf16", "[loralab.config] --dtype '", o.dtype,
                 "': use f32 or bf16");
 #if !LORALAB_HAS_CUDA
-  LORALAB_CHECK(o.device == "cpu", "[loralab.config] --device cuda: this ablate was built "
+  LORALAB_CHECK(o.device == "cpu",
+                "[loralab.config] --device cuda: this ablate was built "
                 "without the CUDA backend (configure with LORALAB_CUDA=ON on a machine with nvcc)");
 #endif
   LORALAB_CHECK(o.device == "cuda" || (o.dtype == "f32" && !o.recompute),
@@ -462,8 +463,8 @@ int main(int argc, char** argv) {
                                     last.memory.optimizer_state_bytes + last.optimizer_bytes;
         results << name << ',' << seed << ',' << last.memory.trainable_params << ','
                 << last.optimizer_bytes << ',' << memory << ',' << end.eval.loss << ','
-                << end.eval.metric << ',' << last.tokens_per_second << ','
-                << last.peak_device_bytes << '\n';
+                << end.eval.metric << ',' << last.tokens_per_second << ',' << last.peak_device_bytes
+                << '\n';
         for (const auto& p : last.curve)
           curves << name << ',' << seed << ',' << p.step << ',' << p.train_loss << ','
                  << p.eval.loss << ',' << p.eval.metric << '\n';

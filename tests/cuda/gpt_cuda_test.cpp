@@ -29,10 +29,10 @@ using model::TrainMode;
 
 namespace {
 
-using Lora = Adapter<DynamicRank>;
-using LoraSP = Adapter<DynamicRank, RandomMask<50>>;
-using LoraFA = Adapter<DynamicRank, FreezeA>;
-using LoraDrop = Adapter<DynamicRank, InputDropout>;
+using LoraSpec = Adapter<DynamicRank>;
+using SpSpec = Adapter<DynamicRank, RandomMask<50>>;
+using FaSpec = Adapter<DynamicRank, FreezeA>;
+using DropSpec = Adapter<DynamicRank, InputDropout>;
 
 // fp32 on the device against double on the CPU: every GEMM and reduction accumulates in fp32
 // (no TF32 under CUBLAS_COMPUTE_32F), so the error is a few fp32 roundings per layer, amplified
@@ -138,8 +138,8 @@ void check_close(std::span<const double> got, std::span<const double> want, doub
       at = i;
     }
   }
-  INFO(what << ": worst scaled error " << worst << " at " << at << " (got " << got[at]
-            << ", want " << want[at] << ", scale " << scale << ")");
+  INFO(what << ": worst scaled error " << worst << " at " << at << " (got " << got[at] << ", want "
+            << want[at] << ", scale " << scale << ")");
   CHECK(worst <= tol);
 }
 
@@ -193,7 +193,7 @@ void compare(model::Gpt<Spec, double>& c, cuda::Gpt<Spec, T>& g, const Data& dat
       auto* ga = g.adapter(l, Module(m));
       if (!ga) continue;
       const std::string what = "block " + std::to_string(l) + " " + model::module_name(Module(m));
-      const std::vector<float> grad = ga->gradients_host();  // dA then dB
+      const std::vector<float> grad = ga->gradients_host();                 // dA then dB
       const auto cpu_grad = c.adapter(l, Module(m))->parameters()[0].grad;  // dA dB, or dB
       const std::size_t skip = grad.size() - cpu_grad.size();
       for (std::size_t i = 0; i < skip; ++i) CHECK(grad[i] == 0.0f);  // freeze-A: no dA at all
@@ -230,11 +230,21 @@ void compare_adapters(double dropout = 0.0, bool recompute = false) {
 }  // namespace
 
 TEST_CASE_TEMPLATE("cuda::Gpt matches the CPU decoder with adapters", T, float, bf16) {
-  SUBCASE("LoRA") { compare_adapters<Lora, T>(); }
-  SUBCASE("LoRA-SP") { compare_adapters<LoraSP, T>(); }
-  SUBCASE("LoRA-FA") { compare_adapters<LoraFA, T>(); }
-  SUBCASE("input dropout: the same Philox masks") { compare_adapters<LoraDrop, T>(0.25); }
-  SUBCASE("recompute") { compare_adapters<LoraDrop, T>(0.25, true); }
+  SUBCASE("LoRA") {
+    compare_adapters<LoraSpec, T>();
+  }
+  SUBCASE("LoRA-SP") {
+    compare_adapters<SpSpec, T>();
+  }
+  SUBCASE("LoRA-FA") {
+    compare_adapters<FaSpec, T>();
+  }
+  SUBCASE("input dropout: the same Philox masks") {
+    compare_adapters<DropSpec, T>(0.25);
+  }
+  SUBCASE("recompute") {
+    compare_adapters<DropSpec, T>(0.25, true);
+  }
 }
 
 TEST_CASE_TEMPLATE("cuda::Gpt matches the CPU decoder in full fine-tuning", T, float, bf16) {
@@ -242,16 +252,16 @@ TEST_CASE_TEMPLATE("cuda::Gpt matches the CPU decoder in full fine-tuning", T, f
   GptWeights<double> wd = to_double(w);
   GptOptions opts;
   opts.mode = TrainMode::full;
-  model::Gpt<Lora, double> c(wd, opts);
-  cuda::Gpt<Lora, T> g(w, opts);
+  model::Gpt<LoraSpec, double> c(wd, opts);
+  cuda::Gpt<LoraSpec, T> g(w, opts);
   compare(c, g, Data{}, Pass{true, 1});
 }
 
 TEST_CASE("cuda::Gpt: a frozen block gets no gradient and still passes one on") {
   const GptWeights<float> w = make_weights<float>();
   GptWeights<double> wd = to_double(w);
-  model::Gpt<Lora, double> c(wd, adapter_options());
-  cuda::Gpt<Lora, float> g(w, adapter_options());
+  model::Gpt<LoraSpec, double> c(wd, adapter_options());
+  cuda::Gpt<LoraSpec, float> g(w, adapter_options());
   randomize_adapters(c, g);
   c.set_block_trainable(0, false);
   g.set_block_trainable(0, false);
@@ -279,10 +289,10 @@ TEST_CASE("cuda::Gpt: attention and MLP hooks act as on the CPU") {
 
   for (int variant = 0; variant < 2; ++variant) {
     CAPTURE(variant);
-    model::Gpt<Lora, double> c(wd, adapter_options());
+    model::Gpt<LoraSpec, double> c(wd, adapter_options());
     cuda::GptDeviceOptions dev;
     dev.recompute = variant == 1;  // the MLP hook runs again when the hidden is recomputed
-    cuda::Gpt<Lora, float> g(w, adapter_options(), dev);
+    cuda::Gpt<LoraSpec, float> g(w, adapter_options(), dev);
     randomize_adapters(c, g);
     c.hooks().attention = [&](int layer, int, int) {
       return layer == 1 ? model::AttentionHooks{keep.data(), scale.data()}
@@ -313,8 +323,8 @@ TEST_CASE("cuda::Gpt: recomputation gives the stored-activation gradients") {
   const Data data;
   cuda::GptDeviceOptions keep_all, recompute;
   recompute.recompute = true;
-  cuda::Gpt<Lora, float> a(w, adapter_options(), keep_all);
-  cuda::Gpt<Lora, float> b(w, adapter_options(), recompute);
+  cuda::Gpt<LoraSpec, float> a(w, adapter_options(), keep_all);
+  cuda::Gpt<LoraSpec, float> b(w, adapter_options(), recompute);
   std::vector<std::vector<float>> ga, gb;
   for (auto* m : {&a, &b}) {
     m->zero_grad();
@@ -334,10 +344,10 @@ TEST_CASE("cuda::Gpt: recomputation gives the stored-activation gradients") {
 TEST_CASE("cuda::Gpt: greedy generation and the memory report") {
   const GptWeights<float> w = make_weights<float>();
   GptWeights<float> wc = w;
-  model::Gpt<Lora, float> c(wc, adapter_options());
+  model::Gpt<LoraSpec, float> c(wc, adapter_options());
   cuda::reset_device_memory_peak();
   const std::int64_t before = cuda::device_memory().current;
-  cuda::Gpt<Lora, float> g(w, adapter_options());
+  cuda::Gpt<LoraSpec, float> g(w, adapter_options());
   CHECK(cuda::device_memory().current - before >= std::int64_t(w.flat().size() * sizeof(float)));
   const std::vector<std::int32_t> prompt = {1, 5, 9, 2};
   CHECK(g.generate(prompt, 6, 22) == c.generate(prompt, 6, 22));
@@ -349,15 +359,17 @@ TEST_CASE("cuda::Gpt: greedy generation and the memory report") {
 
 TEST_CASE("cuda::Gpt: bad inputs name the problem") {
   const GptWeights<float> w = make_weights<float>();
-  cuda::Gpt<Lora, float> g(w, adapter_options());
+  cuda::Gpt<LoraSpec, float> g(w, adapter_options());
   const Data data;
   std::vector<std::int32_t> bad = data.tokens;
   bad[3] = 99;
-  CHECK(testing::error_of([&] { g.forward(bad, data.targets, data.batch, data.seq); })
-            .find("[loralab.data] token 99") != std::string::npos);
+  CHECK(testing::error_of([&] {
+          g.forward(bad, data.targets, data.batch, data.seq);
+        }).find("[loralab.data] token 99") != std::string::npos);
   std::vector<std::int32_t> long_tokens(13, 1);
-  CHECK(testing::error_of([&] { g.forward(long_tokens, long_tokens, 1, 13); })
-            .find("[loralab.shape]") != std::string::npos);
+  CHECK(testing::error_of([&] {
+          g.forward(long_tokens, long_tokens, 1, 13);
+        }).find("[loralab.shape]") != std::string::npos);
   CHECK(testing::error_of([&] { g.backward(); }).find("[loralab.state]") != std::string::npos);
 }
 
@@ -405,8 +417,8 @@ train::TrainConfig toy_config() {
 TEST_CASE_TEMPLATE("a short fine-tune on the device reaches the CPU's loss", T, float, bf16) {
   const GptWeights<float> w = make_weights<T>();
   GptWeights<float> wc = w;
-  model::Gpt<Lora, float> c(wc, adapter_options());
-  cuda::Gpt<Lora, T> g(w, adapter_options());
+  model::Gpt<LoraSpec, float> c(wc, adapter_options());
+  cuda::Gpt<LoraSpec, T> g(w, adapter_options());
   const train::TrainConfig cfg = toy_config();
   const data::Batch probe = toy_batch(1000);
   const double start = c.forward(probe.tokens, probe.targets, 4, 10, Pass{false, 0});
@@ -427,14 +439,16 @@ TEST_CASE("checkpoints move between CPU and GPU runs bit for bit") {
 
   SUBCASE("GPU writes, CPU resumes") {
     cfg.checkpoint = dir.path / "gpu.safetensors";
-    cuda::Gpt<LoraSP, float> g(w, adapter_options());
-    train::Trainer<cuda::Gpt<LoraSP, float>> tg(
-        g, cfg, [](std::int64_t s, int) { return toy_batch(s); }, [] { return train::EvalResult{}; });
+    cuda::Gpt<SpSpec, float> g(w, adapter_options());
+    train::Trainer<cuda::Gpt<SpSpec, float>> tg(
+        g, cfg, [](std::int64_t s, int) { return toy_batch(s); },
+        [] { return train::EvalResult{}; });
     tg.run();
     GptWeights<float> wc = w;
-    model::Gpt<LoraSP, float> c(wc, adapter_options());
-    train::Trainer<model::Gpt<LoraSP, float>> tc(
-        c, cfg, [](std::int64_t s, int) { return toy_batch(s); }, [] { return train::EvalResult{}; });
+    model::Gpt<SpSpec, float> c(wc, adapter_options());
+    train::Trainer<model::Gpt<SpSpec, float>> tc(
+        c, cfg, [](std::int64_t s, int) { return toy_batch(s); },
+        [] { return train::EvalResult{}; });
     CHECK(tc.load_checkpoint(cfg.checkpoint) == 3);
     REQUIRE(tc.optimizer().tensors() == tg.optimizer().tensors());
     for (std::size_t k = 0; k < tg.optimizer().tensors(); ++k) {
@@ -444,20 +458,23 @@ TEST_CASE("checkpoints move between CPU and GPU runs bit for bit") {
     }
     CHECK(tc.optimizer().steps() == 3);
     cfg.stop_after = -1;
-    train::Trainer<model::Gpt<LoraSP, float>> resume(
-        c, cfg, [](std::int64_t s, int) { return toy_batch(s); }, [] { return train::EvalResult{}; });
+    train::Trainer<model::Gpt<SpSpec, float>> resume(
+        c, cfg, [](std::int64_t s, int) { return toy_batch(s); },
+        [] { return train::EvalResult{}; });
     CHECK(resume.run().resumed_from == 3);
   }
   SUBCASE("CPU writes, GPU resumes") {
     cfg.checkpoint = dir.path / "cpu.safetensors";
     GptWeights<float> wc = w;
-    model::Gpt<LoraSP, float> c(wc, adapter_options());
-    train::Trainer<model::Gpt<LoraSP, float>> tc(
-        c, cfg, [](std::int64_t s, int) { return toy_batch(s); }, [] { return train::EvalResult{}; });
+    model::Gpt<SpSpec, float> c(wc, adapter_options());
+    train::Trainer<model::Gpt<SpSpec, float>> tc(
+        c, cfg, [](std::int64_t s, int) { return toy_batch(s); },
+        [] { return train::EvalResult{}; });
     tc.run();
-    cuda::Gpt<LoraSP, bf16> g(w, adapter_options());  // a bf16 run may resume an fp32 one
-    train::Trainer<cuda::Gpt<LoraSP, bf16>> tg(
-        g, cfg, [](std::int64_t s, int) { return toy_batch(s); }, [] { return train::EvalResult{}; });
+    cuda::Gpt<SpSpec, bf16> g(w, adapter_options());  // a bf16 run may resume an fp32 one
+    train::Trainer<cuda::Gpt<SpSpec, bf16>> tg(
+        g, cfg, [](std::int64_t s, int) { return toy_batch(s); },
+        [] { return train::EvalResult{}; });
     CHECK(tg.load_checkpoint(cfg.checkpoint) == 3);
     for (std::size_t k = 0; k < tc.optimizer().tensors(); ++k) {
       CHECK(tg.optimizer().values(k) == tc.optimizer().values(k));

@@ -180,8 +180,9 @@ double AdamW::grad_squared_norm() {
   const auto* tensors = reinterpret_cast<const adamw_impl::TensorDesc*>(table_.data());
   const auto* chunks = reinterpret_cast<const adamw_impl::Chunk*>(
       table_.data() + adamw_impl::chunk_offset(slots_.size()));
-  adamw_impl::grad_squares_kernel<<<static_cast<unsigned>(chunks_), adamw_impl::kThreads, 0,
-                                    stream_>>>(tensors, chunks, partial_.data());
+  adamw_impl::
+      grad_squares_kernel<<<static_cast<unsigned>(chunks_), adamw_impl::kThreads, 0, stream_>>>(
+          tensors, chunks, partial_.data());
   LORALAB_CUDA_CHECK(cudaGetLastError());
   std::vector<double> host(chunks_);
   LORALAB_CUDA_CHECK(cudaMemcpyAsync(host.data(), partial_.data(), chunks_ * sizeof(double),

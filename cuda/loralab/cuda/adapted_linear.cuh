@@ -247,8 +247,8 @@ void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n, boo
                  GU_.data(), kT,
                  rank_);  // G_U = s dY B [n x r]
   if (param_grads)
-    gemm_row_major(h, true, false, out_, rank_, n, scale_, GY, kT, out_, U_.data(), kT, rank_,
-                   1.0f, dB, CUDA_R_32F,
+    gemm_row_major(h, true, false, out_, rank_, n, scale_, GY, kT, out_, U_.data(), kT, rank_, 1.0f,
+                   dB, CUDA_R_32F,
                    rank_);  // dB += s dY^T U [out x r], fp32
   if (param_grads && !flags_.freeze_a) {
     const T* H = X;

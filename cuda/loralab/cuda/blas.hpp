@@ -14,9 +14,9 @@ namespace loralab::cuda {
 /// \brief Throws `[loralab.cuda] <call> failed: <status name>` unless `status` is success.
 inline void check_cublas(cublasStatus_t status, const char* call, const char* file, int line) {
   if (status != CUBLAS_STATUS_SUCCESS)
-    detail::throw_error(file, line, "[loralab.cuda] ", call,
-                        " failed: ", cublasGetStatusName(status), " (",
-                        cublasGetStatusString(status), ")");
+    ::loralab::detail::throw_error(file, line, "[loralab.cuda] ", call,
+                                   " failed: ", cublasGetStatusName(status), " (",
+                                   cublasGetStatusString(status), ")");
 }
 
 }  // namespace loralab::cuda
@@ -66,6 +66,28 @@ inline void gemm_row_major(cublasHandle_t handle, bool trans_a, bool trans_b, lo
                    static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type_b,
                    static_cast<int>(ldb), a, type_a, static_cast<int>(lda), &beta, c, type_c,
                    static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/// \ingroup cuda
+/// \brief Row-major strided batched GEMM: for every p in [0, batch), C_p [m x n] =
+/// alpha op(A_p) op(B_p) + beta C_p with X_p = X + p * stride_x (elements), fp32 accumulation.
+///
+/// The operand swap of gemm_row_major, applied per batch entry (one cuBLAS call for all heads of
+/// an attention layer). Leading dimensions are the row lengths of the stored matrices; types may
+/// mix as cuBLAS allows (bf16 inputs with an fp32 output for the attention scores).
+inline void gemm_strided_batched_row_major(cublasHandle_t handle, bool trans_a, bool trans_b,
+                                           long long m, long long n, long long k, float alpha,
+                                           const void* a, cudaDataType_t type_a, long long lda,
+                                           long long stride_a, const void* b, cudaDataType_t type_b,
+                                           long long ldb, long long stride_b, float beta, void* c,
+                                           cudaDataType_t type_c, long long ldc, long long stride_c,
+                                           long long batch) {
+  LORALAB_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type_b,
+      static_cast<int>(ldb), stride_b, a, type_a, static_cast<int>(lda), stride_a, &beta, c, type_c,
+      static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace loralab::cuda

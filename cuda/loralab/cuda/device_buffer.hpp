@@ -43,7 +43,9 @@ inline DeviceMemory device_memory() {
 
 /// \ingroup cuda
 /// \brief Starts a new peak measurement at the current allocation.
-inline void reset_device_memory_peak() { memory_detail::g_device_peak.store(memory_detail::g_device_bytes.load()); }
+inline void reset_device_memory_peak() {
+  memory_detail::g_device_peak.store(memory_detail::g_device_bytes.load());
+}
 
 /// \ingroup cuda
 /// \brief An owning, move-only array of `T` in device memory.

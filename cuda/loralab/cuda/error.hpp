@@ -16,8 +16,8 @@ namespace loralab::cuda {
 inline void check_cuda(cudaError_t status, const char* call, const char* file, int line) {
   if (status != cudaSuccess)
     ::loralab::detail::throw_error(file, line, "[loralab.cuda] ", call,
-                        " failed: ", cudaGetErrorString(status), " (", cudaGetErrorName(status),
-                        ")");
+                                   " failed: ", cudaGetErrorString(status), " (",
+                                   cudaGetErrorName(status), ")");
 }
 
 /// \ingroup cuda

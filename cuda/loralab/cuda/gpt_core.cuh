@@ -34,15 +34,15 @@ template <class U>
 void upload_prefix(DeviceBuffer<U>& b, std::span<const U> host, cudaStream_t stream) {
   b.reserve_discard(host.size());
   if (!host.empty())
-    LORALAB_CUDA_CHECK(cudaMemcpyAsync(b.data(), host.data(), host.size_bytes(),
-                                       cudaMemcpyHostToDevice, stream));
+    LORALAB_CUDA_CHECK(
+        cudaMemcpyAsync(b.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, stream));
 }
 
 }  // namespace gpt_detail
 
 template <DeviceScalar T>
-GptCore<T>::GptCore(const model::GptConfig& cfg, std::span<const float> flat,
-                    model::TrainMode mode, const GptDeviceOptions& options)
+GptCore<T>::GptCore(const model::GptConfig& cfg, std::span<const float> flat, model::TrainMode mode,
+                    const GptDeviceOptions& options)
     : cfg_(cfg), mode_(mode), opts_(options), stream_(options.stream), blas_(options.stream) {
   cfg.validate();
   slots_ = model::gpt_layout(cfg);
@@ -118,8 +118,8 @@ void GptCore<T>::upload_inputs(std::span<const std::int32_t> tokens, int batch, 
   LORALAB_CHECK(tokens.size() == std::size_t(batch) * std::size_t(seq), "[loralab.shape] ",
                 tokens.size(), " tokens for batch=", batch, " x seq=", seq);
   for (std::size_t i = 0; i < tokens.size(); ++i)
-    LORALAB_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.vocab_size, "[loralab.data] token ",
-                  tokens[i], " at position ", i, " is outside [0, vocab=", cfg_.vocab_size, ")");
+    LORALAB_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.vocab_size, "[loralab.data] token ", tokens[i],
+                  " at position ", i, " is outside [0, vocab=", cfg_.vocab_size, ")");
   batch_ = batch;
   seq_ = seq;
   gpt_detail::upload_prefix(tokens_, tokens, stream_);
@@ -143,8 +143,8 @@ double GptCore<T>::forward(std::span<const std::int32_t> tokens,
   run_forward(pass);
   const std::int64_t n = std::int64_t(batch) * seq;
   layers::cross_entropy_forward<T>(logits_.data(), targets_.data(), n, cfg_.vocab_size,
-                                  gpt_detail::sized(loss_rows_, std::size_t(n)),
-                                  gpt_detail::sized(lse_, std::size_t(n)), stream_);
+                                   gpt_detail::sized(loss_rows_, std::size_t(n)),
+                                   gpt_detail::sized(lse_, std::size_t(n)), stream_);
   std::vector<float> rows(static_cast<std::size_t>(n));
   LORALAB_CUDA_CHECK(cudaMemcpyAsync(rows.data(), loss_rows_.data(), rows.size() * sizeof(float),
                                      cudaMemcpyDeviceToHost, stream_));
@@ -170,7 +170,7 @@ void GptCore<T>::run_forward(Pass pass) {
   const int d = cfg_.d_model, V = cfg_.vocab_size;
   const std::size_t nd = std::size_t(n) * std::size_t(d);
   layers::embedding_forward<T>(tokens_.data(), w(0), w(1), gpt_detail::sized(acts_[0].x_in, nd),
-                              batch_, seq_, d, stream_);
+                               batch_, seq_, d, stream_);
   for (int l = 0; l < cfg_.layers; ++l) {
     T* out = l + 1 < cfg_.layers ? gpt_detail::sized(acts_[std::size_t(l) + 1].x_in, nd)
                                  : gpt_detail::sized(final_in_, nd);
@@ -178,8 +178,8 @@ void GptCore<T>::run_forward(Pass pass) {
   }
   const std::size_t lnf = slots_.size() - 2;
   layers::layernorm_forward<T>(final_in_.data(), w(lnf), w(lnf + 1), float(cfg_.ln_eps),
-                              gpt_detail::sized(hf_, nd), gpt_detail::sized(mean_f_, n),
-                              gpt_detail::sized(rstd_f_, n), n, d, stream_);
+                               gpt_detail::sized(hf_, nd), gpt_detail::sized(mean_f_, n),
+                               gpt_detail::sized(rstd_f_, n), n, d, stream_);
   constexpr cudaDataType_t kT = data_type<T>();
   gemm_row_major(blas_.get(), false, true, n, V, d, 1.0f, hf_.data(), kT, d, w(0), kT, d, 0.0f,
                  gpt_detail::sized(logits_, std::size_t(n) * V), kT,
@@ -218,8 +218,8 @@ void GptCore<T>::linear_backward(int l, model::Module m, const T* X, const T* GY
   gemm_row_major(blas_.get(), true, false, out, in, n, 1.0f, GY, kT, out, X, kT, in, 1.0f, g(ws),
                  CUDA_R_32F, in);  // dW += dY^T X, fp32
   layers::column_sum<T>(GY, n, int(out), g(ws + 1),
-                       gpt_detail::sized(reduce_, layers::column_sum_scratch(n, int(out))),
-                       stream_);  // db += column sums of dY
+                        gpt_detail::sized(reduce_, layers::column_sum_scratch(n, int(out))),
+                        stream_);  // db += column sums of dY
 }
 
 template <DeviceScalar T>
@@ -232,8 +232,8 @@ void GptCore<T>::block_forward(int l, const T* x, T* out) {
   // Attention: x_mid = x + attn_proj(attention(qkv(ln1(x))))
   T* h1 = gpt_detail::sized(opts_.recompute ? rc_h_ : a.h1, nd);
   layers::layernorm_forward<T>(x, w(model::block_slot(l, 0)), w(model::block_slot(l, 1)), eps, h1,
-                              gpt_detail::sized(a.mean1, n), gpt_detail::sized(a.rstd1, n), n, d,
-                              stream_);
+                               gpt_detail::sized(a.mean1, n), gpt_detail::sized(a.rstd1, n), n, d,
+                               stream_);
   linear_forward(l, model::Module::qkv, h1, gpt_detail::sized(a.qkv, 3 * nd));
   a.hooks = hooks_.attention ? hooks_.attention(l, batch_, seq_) : model::AttentionHooks{};
   layers::attention_forward<T>(
@@ -245,9 +245,9 @@ void GptCore<T>::block_forward(int l, const T* x, T* out) {
   layers::add<T>(x, mid, mid, std::int64_t(nd), stream_);  // residual
   // MLP: out = x_mid + mlp_proj(hook(gelu(fc(ln2(x_mid)))))
   T* h2 = gpt_detail::sized(opts_.recompute ? rc_h_ : a.h2, nd);
-  layers::layernorm_forward<T>(mid, w(model::block_slot(l, 6)), w(model::block_slot(l, 7)), eps,
-                              h2, gpt_detail::sized(a.mean2, n), gpt_detail::sized(a.rstd2, n), n,
-                              d, stream_);
+  layers::layernorm_forward<T>(mid, w(model::block_slot(l, 6)), w(model::block_slot(l, 7)), eps, h2,
+                               gpt_detail::sized(a.mean2, n), gpt_detail::sized(a.rstd2, n), n, d,
+                               stream_);
   linear_forward(l, model::Module::fc, h2, gpt_detail::sized(a.f, nf));
   T* gout = gpt_detail::sized(opts_.recompute ? rc_g_ : a.g, nf);
   layers::gelu_forward<T>(a.f.data(), gout, std::int64_t(nf), stream_);
@@ -262,8 +262,8 @@ const T* GptCore<T>::ln1_out(int l) {
   if (!opts_.recompute) return a.h1.data();
   const std::int64_t n = std::int64_t(batch_) * seq_;
   layers::layernorm_forward<T>(a.x_in.data(), w(model::block_slot(l, 0)),
-                              w(model::block_slot(l, 1)), float(cfg_.ln_eps), rc_h_.data(),
-                              a.mean1.data(), a.rstd1.data(), n, cfg_.d_model, stream_);
+                               w(model::block_slot(l, 1)), float(cfg_.ln_eps), rc_h_.data(),
+                               a.mean1.data(), a.rstd1.data(), n, cfg_.d_model, stream_);
   return rc_h_.data();
 }
 
@@ -273,8 +273,8 @@ const T* GptCore<T>::ln2_out(int l) {
   if (!opts_.recompute) return a.h2.data();
   const std::int64_t n = std::int64_t(batch_) * seq_;
   layers::layernorm_forward<T>(a.x_mid.data(), w(model::block_slot(l, 6)),
-                              w(model::block_slot(l, 7)), float(cfg_.ln_eps), rc_h_.data(),
-                              a.mean2.data(), a.rstd2.data(), n, cfg_.d_model, stream_);
+                               w(model::block_slot(l, 7)), float(cfg_.ln_eps), rc_h_.data(),
+                               a.mean2.data(), a.rstd2.data(), n, cfg_.d_model, stream_);
   return rc_h_.data();
 }
 
@@ -295,8 +295,8 @@ void GptCore<T>::block_backward(int l, T* dx) {
   const int d = cfg_.d_model, ff = cfg_.ff(), H = cfg_.heads;
   const std::size_t nd = std::size_t(n) * std::size_t(d), nf = std::size_t(n) * std::size_t(ff);
   const bool train_ln = full() && trainable_[std::size_t(l)];
-  float* scratch = train_ln ? gpt_detail::sized(reduce_, layers::layernorm_backward_scratch(n, d))
-                            : nullptr;
+  float* scratch =
+      train_ln ? gpt_detail::sized(reduce_, layers::layernorm_backward_scratch(n, d)) : nullptr;
   // MLP, dx = dL/d(block output)
   T* dg = gpt_detail::sized(dg_, nf);
   linear_backward(l, model::Module::mlp_proj, gelu_out(l), dx, dg);
@@ -305,22 +305,20 @@ void GptCore<T>::block_backward(int l, T* dx) {
   T* dh = gpt_detail::sized(dh_, nd);
   linear_backward(l, model::Module::fc, ln2_out(l), dg, dh);
   layers::layernorm_backward<T>(dh, a.x_mid.data(), w(model::block_slot(l, 6)), a.mean2.data(),
-                               a.rstd2.data(), dx,
-                               train_ln ? g(model::block_slot(l, 6)) : nullptr,
-                               train_ln ? g(model::block_slot(l, 7)) : nullptr, n, d, scratch,
-                               stream_);  // dx is now dL/dx_mid (residual branch included)
+                                a.rstd2.data(), dx, train_ln ? g(model::block_slot(l, 6)) : nullptr,
+                                train_ln ? g(model::block_slot(l, 7)) : nullptr, n, d, scratch,
+                                stream_);  // dx is now dL/dx_mid (residual branch included)
   // Attention
   linear_backward(l, model::Module::attn_proj, a.att.data(), dx, dh);  // dh = dL/datt
   T* dqkv = gpt_detail::sized(dqkv_, 3 * nd);
-  layers::attention_backward<T>(dh, a.qkv.data(), a.probs.data(), batch_, seq_, H, d, dqkv,
-                               a.hooks, attn_, blas_.get(), stream_);
+  layers::attention_backward<T>(dh, a.qkv.data(), a.probs.data(), batch_, seq_, H, d, dqkv, a.hooks,
+                                attn_, blas_.get(), stream_);
   linear_backward(l, model::Module::qkv, ln1_out(l), dqkv, dh);  // dh = dL/dh1
   if (train_ln) scratch = gpt_detail::sized(reduce_, layers::layernorm_backward_scratch(n, d));
   layers::layernorm_backward<T>(dh, a.x_in.data(), w(model::block_slot(l, 0)), a.mean1.data(),
-                               a.rstd1.data(), dx,
-                               train_ln ? g(model::block_slot(l, 0)) : nullptr,
-                               train_ln ? g(model::block_slot(l, 1)) : nullptr, n, d, scratch,
-                               stream_);  // dx is now dL/d(block input)
+                                a.rstd1.data(), dx, train_ln ? g(model::block_slot(l, 0)) : nullptr,
+                                train_ln ? g(model::block_slot(l, 1)) : nullptr, n, d, scratch,
+                                stream_);  // dx is now dL/d(block input)
 }
 
 template <DeviceScalar T>
@@ -332,10 +330,10 @@ void GptCore<T>::backward() {
   constexpr cudaDataType_t kT = data_type<T>();
   // logits_ becomes dL/dlogits in place (the mean over the non-ignored targets)
   layers::cross_entropy_backward<T>(logits_.data(), targets_.data(), lse_.data(), n, V,
-                                   count_ > 0 ? 1.0f / float(count_) : 0.0f, stream_);
+                                    count_ > 0 ? 1.0f / float(count_) : 0.0f, stream_);
   T* dhf = gpt_detail::sized(dh_, nd);
-  gemm_row_major(blas_.get(), false, false, n, d, V, 1.0f, logits_.data(), kT, V, w(0), kT, d,
-                 0.0f, dhf, kT, d);  // dhf = dlogits wte
+  gemm_row_major(blas_.get(), false, false, n, d, V, 1.0f, logits_.data(), kT, V, w(0), kT, d, 0.0f,
+                 dhf, kT, d);  // dhf = dlogits wte
   if (full())
     gemm_row_major(blas_.get(), true, false, V, d, n, 1.0f, logits_.data(), kT, V, hf_.data(), kT,
                    d, 1.0f, g(0), CUDA_R_32F, d);  // dwte += dlogits^T hf (the tied head)
@@ -343,12 +341,13 @@ void GptCore<T>::backward() {
   LORALAB_CUDA_CHECK(cudaMemsetAsync(dx, 0, nd * sizeof(T), stream_));
   const std::size_t lnf = slots_.size() - 2;
   layers::layernorm_backward<T>(
-      dhf, final_in_.data(), w(lnf), mean_f_.data(), rstd_f_.data(), dx,
-      full() ? g(lnf) : nullptr, full() ? g(lnf + 1) : nullptr, n, d,
+      dhf, final_in_.data(), w(lnf), mean_f_.data(), rstd_f_.data(), dx, full() ? g(lnf) : nullptr,
+      full() ? g(lnf + 1) : nullptr, n, d,
       full() ? gpt_detail::sized(reduce_, layers::layernorm_backward_scratch(n, d)) : nullptr,
       stream_);
   for (int l = cfg_.layers - 1; l >= 0; --l) block_backward(l, dx);
-  if (full()) layers::embedding_backward<T>(dx, tokens_.data(), g(0), g(1), batch_, seq_, d, stream_);
+  if (full())
+    layers::embedding_backward<T>(dx, tokens_.data(), g(0), g(1), batch_, seq_, d, stream_);
   has_targets_ = false;  // logits_ now hold gradients: a second backward would be wrong
 }
 
@@ -367,8 +366,8 @@ std::vector<DeviceParamTensor> GptCore<T>::own_parameters() {
     out.push_back(DeviceParamTensor{master_.data(), grads_.data(), nullptr, shadow, total_});
   }
   for (auto& [name, pool] : pools_)
-    out.push_back(
-        DeviceParamTensor{pool.value.data(), pool.grad.data(), nullptr, nullptr, pool.value.size()});
+    out.push_back(DeviceParamTensor{pool.value.data(), pool.grad.data(), nullptr, nullptr,
+                                    pool.value.size()});
   return out;
 }
 
@@ -389,8 +388,8 @@ DeviceSharedPool& GptCore<T>::shared_pool(const std::string& name, std::size_t s
 template <DeviceScalar T>
 const T* GptCore<T>::linear_input(int l, model::Module m) const {
   const BlockActs& a = acts_.at(std::size_t(l));
-  LORALAB_CHECK(!opts_.recompute || m == model::Module::attn_proj,
-                "[loralab.state] linear_input(", l, ", ", model::module_name(m),
+  LORALAB_CHECK(!opts_.recompute || m == model::Module::attn_proj, "[loralab.state] linear_input(",
+                l, ", ", model::module_name(m),
                 "): GptDeviceOptions::recompute keeps only the attention output; build the "
                 "model with recompute=false to read the other inputs");
   switch (m) {

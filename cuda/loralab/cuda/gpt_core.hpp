@@ -54,8 +54,7 @@ struct DeviceModelHooks {
   std::function<void(int layer, T* hidden, std::int64_t rows, std::int64_t cols, cudaStream_t)>
       mlp_hidden_forward;
   /// ... and on its gradient in backward.
-  std::function<void(int layer, T* grad_hidden, std::int64_t rows, std::int64_t cols,
-                     cudaStream_t)>
+  std::function<void(int layer, T* grad_hidden, std::int64_t rows, std::int64_t cols, cudaStream_t)>
       mlp_hidden_backward;
 };
 
@@ -158,9 +157,9 @@ class GptCore {
   BlasHandle blas_;
   std::vector<model::TensorSlot> slots_;
   std::size_t total_ = 0;
-  DeviceBuffer<T> weights_;      // every base weight in T (float: unused in full mode)
-  DeviceBuffer<float> master_;   // full mode: fp32 master (what AdamW updates)
-  DeviceBuffer<float> grads_;    // full mode: fp32 gradients, like master_
+  DeviceBuffer<T> weights_;               // every base weight in T (float: unused in full mode)
+  DeviceBuffer<float> master_;            // full mode: fp32 master (what AdamW updates)
+  DeviceBuffer<float> grads_;             // full mode: fp32 gradients, like master_
   std::vector<LinearCore<T>*> adapters_;  // [L x 4], null = plain linear
   std::vector<bool> trainable_;
   std::map<std::string, DeviceSharedPool> pools_;

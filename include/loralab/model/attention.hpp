@@ -15,7 +15,6 @@
 
 namespace loralab::model {
 
-
 namespace detail {
 
 /// Checks the shared arguments of attention_forward/backward; returns d (the model width).

@@ -121,7 +121,9 @@ inline std::vector<TensorSlot> gpt_layout(const GptConfig& cfg) {
 
 /// \ingroup model
 /// \brief Index into gpt_layout() of tensor k (0..11, the order above) of block l.
-inline std::size_t block_slot(int l, int k) { return 2 + std::size_t(l) * 12 + std::size_t(k); }
+inline std::size_t block_slot(int l, int k) {
+  return 2 + std::size_t(l) * 12 + std::size_t(k);
+}
 
 /// \ingroup model
 /// \brief Index into gpt_layout() of module m's weight in block l (its bias follows it).

@@ -17,9 +17,9 @@
 
 #include "loralab/adapter.hpp"
 #include "loralab/core/error.hpp"
-#include "loralab/train/host_optimizer.hpp"
 #include "loralab/data/batch.hpp"
 #include "loralab/io/safetensors.hpp"
+#include "loralab/train/host_optimizer.hpp"
 #include "loralab/train/schedule.hpp"
 
 namespace loralab::train {
@@ -79,7 +79,9 @@ struct OptimizerFor {
 /// \ingroup train
 /// \brief The optimizer a model names for itself.
 template <class Model, class T>
-  requires requires { typename Model::optimizer_type; }
+requires requires {
+  typename Model::optimizer_type;
+}
 struct OptimizerFor<Model, T> {
   using type = typename Model::optimizer_type;  ///< e.g. cuda::DeviceOptimizer
 };
@@ -230,8 +232,8 @@ class Trainer {
     for (std::size_t k = 0; k < tensors; ++k) {
       const std::vector<T> values = f.read<T>("param." + std::to_string(k));
       const std::size_t want = opt_.values(k).size();
-      LORALAB_CHECK(values.size() == want, "[loralab.io] ", path.string(), ": tensor ", k,
-                    " has ", values.size(), " entries, the model's has ", want);
+      LORALAB_CHECK(values.size() == want, "[loralab.io] ", path.string(), ": tensor ", k, " has ",
+                    values.size(), " entries, the model's has ", want);
       opt_.set_values(k, values);
       const std::vector<T> m = f.read<T>("adamw.m." + std::to_string(k));
       const std::vector<T> v = f.read<T>("adamw.v." + std::to_string(k));
@@ -244,7 +246,6 @@ class Trainer {
   const Optimizer& optimizer() const { return opt_; }
 
  private:
-
   std::ofstream open_csv(bool append) {
     if (cfg_.csv.empty()) return {};
     const bool fresh = !append || !std::filesystem::exists(cfg_.csv);
