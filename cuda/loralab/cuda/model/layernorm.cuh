@@ -50,7 +50,8 @@ __global__ void layernorm_forward_rows(const T* __restrict__ x, const T* __restr
 }
 
 // dx += rstd (dnorm - mean(dnorm) - norm mean(dnorm norm)), dnorm = dy gamma. dx and dy are not
-// __restrict__: each entry is read before the same thread writes it, so dx == dy stays correct.
+// __restrict__: each entry is read before the same thread writes it, so dx == dy stays correct
+// (the launcher queues this kernel after the dgamma/dbeta partials, which also read dy).
 template <class T>
 __global__ void layernorm_backward_rows(const T* dy, const T* __restrict__ x,
                                         const T* __restrict__ gamma, const float* __restrict__ mean,
@@ -139,21 +140,23 @@ void layernorm_backward(const T* dy, const T* x, const T* gamma, const float* me
   LORALAB_CHECK(!dgamma || scratch, "[loralab.shape] ", fn,
                 ": dgamma/dbeta need scratch of layernorm_backward_scratch(n=", n, ", d=", d,
                 ") = ", layernorm_backward_scratch(n, d), " floats, got null");
+  // dgamma/dbeta first: they read dy, which the dx kernel overwrites when dx == dy.
+  if (dgamma) {
+    const std::int64_t chunks = detail::row_chunks(n);
+    detail::layernorm_param_partials<T>
+        <<<detail::blocks_for(chunks * d), detail::kThreads, 0, stream>>>(dy, x, mean, rstd, n, d,
+                                                                          chunks, scratch);
+    LORALAB_CUDA_CHECK(cudaGetLastError());
+    detail::add_chunk_sums<<<detail::blocks_for(d), detail::kThreads, 0, stream>>>(scratch, chunks,
+                                                                                   d, dgamma);
+    LORALAB_CUDA_CHECK(cudaGetLastError());
+    detail::add_chunk_sums<<<detail::blocks_for(d), detail::kThreads, 0, stream>>>(
+        scratch + chunks * d, chunks, d, dbeta);
+    LORALAB_CUDA_CHECK(cudaGetLastError());
+  }
   detail::layernorm_backward_rows<T>
       <<<detail::ln_blocks(n), detail::kLnWarpsPerBlock * detail::kWarp, 0, stream>>>(
           dy, x, gamma, mean, rstd, dx, n, d);
-  LORALAB_CUDA_CHECK(cudaGetLastError());
-  if (!dgamma) return;
-  const std::int64_t chunks = detail::row_chunks(n);
-  detail::layernorm_param_partials<T>
-      <<<detail::blocks_for(chunks * d), detail::kThreads, 0, stream>>>(dy, x, mean, rstd, n, d,
-                                                                        chunks, scratch);
-  LORALAB_CUDA_CHECK(cudaGetLastError());
-  detail::add_chunk_sums<<<detail::blocks_for(d), detail::kThreads, 0, stream>>>(scratch, chunks, d,
-                                                                                 dgamma);
-  LORALAB_CUDA_CHECK(cudaGetLastError());
-  detail::add_chunk_sums<<<detail::blocks_for(d), detail::kThreads, 0, stream>>>(
-      scratch + chunks * d, chunks, d, dbeta);
   LORALAB_CUDA_CHECK(cudaGetLastError());
 }
 
