@@ -11,6 +11,7 @@
 #include "loralab/policy/init.hpp"
 #include "loralab/policy/rank.hpp"
 #include "loralab/policy/scaling.hpp"
+#include "loralab/policy/share.hpp"
 
 namespace loralab {
 
@@ -24,6 +25,7 @@ struct AdapterConfig {
   std::uint32_t module_id = 0;  ///< distinguishes the random streams of adapters sharing a seed
   MaskSampling mask_sampling = MaskSampling::exact;  ///< how RandomMask draws its frozen set
   bool check_finite = true;  ///< throw on NaN/Inf in X (forward) and dL/dY (backward)
+  ShareConfig share;         ///< sizes of the sharing scheme (MoS e, p, l; PRoLoRA u, m, n)
 };
 
 /// \ingroup adapter
@@ -40,7 +42,7 @@ template <class P>
 struct show_name_of_unknown_adapter_policy {
   static_assert(KnownPolicy<P>,
                 "loralab: unknown policy in Adapter<...>: every policy must name one of the axes "
-                "rank, freeze, init, scaling, dropout (see docs/policies.md)");
+                "rank, freeze, init, scaling, dropout, share (see docs/policies.md)");
   static constexpr bool value = true;
 };
 }  // namespace detail
@@ -56,6 +58,8 @@ struct show_name_of_unknown_adapter_policy {
 /// | init | KaimingUniformA, GaussianA | KaimingUniformA |
 /// | scaling | AlphaOverRank, RsLoraScale | AlphaOverRank |
 /// | dropout | NoDropout, InputDropout | NoDropout |
+/// | share | PrivateFactors, PureSharing, MixtureOfShards<...> (MoS), Prolora<...> | PrivateFactors
+/// |
 ///
 /// The type carries no data; a backend object holds the tensors:
 /// `cpu::AdaptedLinear<Adapter<...>, float>` (include/loralab/cpu/adapted_linear.hpp).
@@ -73,6 +77,9 @@ class Adapter {
                 "loralab: Adapter<...> got two scaling policies (AlphaOverRank, RsLoraScale)");
   static_assert(detail::count_on<axes::dropout, Policies...> <= 1,
                 "loralab: Adapter<...> got two dropout policies (NoDropout, InputDropout)");
+  static_assert(detail::count_on<axes::share, Policies...> <= 1,
+                "loralab: Adapter<...> got two sharing policies (PrivateFactors, PureSharing, "
+                "MixtureOfShards, Prolora)");
 
  public:
   using rank = typename detail::pick<axes::rank, DynamicRank, Policies...>::type;   ///< rank axis
@@ -82,12 +89,24 @@ class Adapter {
   using scaling =
       typename detail::pick<axes::scaling, AlphaOverRank, Policies...>::type;          ///< scaling
   using dropout = typename detail::pick<axes::dropout, NoDropout, Policies...>::type;  ///< dropout
+  using share =
+      typename detail::pick<axes::share, PrivateFactors, Policies...>::type;  ///< sharing axis
 
   static_assert(RankPolicy<rank>, "loralab: the rank policy lacks value/is_static (see rank.hpp)");
   static_assert(FreezePolicy<freeze>, "loralab: the freeze policy lacks has_mask/freezes_a");
   static_assert(InitPolicy<init>, "loralab: the init policy lacks gaussian");
   static_assert(ScalingPolicy<scaling>, "loralab: the scaling policy lacks scale(alpha, r)");
   static_assert(DropoutPolicy<dropout>, "loralab: the dropout policy lacks has_input_dropout");
+  static_assert(SharePolicy<share>, "loralab: the sharing policy lacks scheme (see share.hpp)");
+  static_assert(
+      share::scheme.kind == ShareKind::private_factors || !freeze::has_mask,
+      "loralab: a sharing policy (PureSharing, MixtureOfShards, Prolora) does not combine "
+      "with a freeze mask: the optimizer moves whole pool rows");
+  static_assert(share::scheme.kind == ShareKind::private_factors || !freeze::freezes_a,
+                "loralab: a sharing policy does not combine with FreezeA");
+
+  /// \brief True when the factors come from pools owned by the model (not private).
+  static constexpr bool shares_factors = share::scheme.kind != ShareKind::private_factors;
 
   using Config = AdapterConfig;  ///< the run-time knobs
 
@@ -120,5 +139,10 @@ using Lora = Adapter<Rank<R>>;
 /// \brief LoRA-SP of rank R with half of A and B frozen.
 template <int R>
 using LoraSP = Adapter<Rank<R>, RandomMask<50>>;
+/// \ingroup adapter
+/// \brief Mixture of Shards with every differentiation strategy, actual rank R (the budget e,
+/// private ranks p and shards l are in AdapterConfig::share).
+template <int R>
+using MoS = Adapter<Rank<R>, MixtureOfShards<>>;
 
 }  // namespace loralab

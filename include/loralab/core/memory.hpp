@@ -22,10 +22,13 @@ struct MemoryReport {
   std::int64_t activation_bytes = 0;       ///< what backward needs kept from forward, see below
   std::int64_t saved_input_bytes = 0;      ///< part of activation_bytes: the input X (caller-owned)
                                            ///< that must stay alive because dA needs it
+  std::int64_t index_bytes = 0;      ///< sharing: the index tables that route pool rows to modules
+  std::int64_t transient_bytes = 0;  ///< sharing: assembled factors and their gradients per step
 
   /// \brief Sum of every byte category (activations included).
   [[nodiscard]] std::int64_t total_bytes() const {
-    return parameter_bytes + gradient_bytes + optimizer_state_bytes + mask_bytes + activation_bytes;
+    return parameter_bytes + gradient_bytes + optimizer_state_bytes + mask_bytes +
+           activation_bytes + index_bytes + transient_bytes;
   }
 
   /// \brief Element-wise sum, for totals over many adapters.
@@ -38,6 +41,8 @@ struct MemoryReport {
     mask_bytes += o.mask_bytes;
     activation_bytes += o.activation_bytes;
     saved_input_bytes += o.saved_input_bytes;
+    index_bytes += o.index_bytes;
+    transient_bytes += o.transient_bytes;
     return *this;
   }
 };
@@ -48,7 +53,8 @@ inline std::ostream& operator<<(std::ostream& os, const MemoryReport& m) {
             << " param_bytes=" << m.parameter_bytes << " grad_bytes=" << m.gradient_bytes
             << " optim_bytes=" << m.optimizer_state_bytes << " mask_bytes=" << m.mask_bytes
             << " activation_bytes=" << m.activation_bytes
-            << " (saved_input_bytes=" << m.saved_input_bytes << ")";
+            << " (saved_input_bytes=" << m.saved_input_bytes << ")"
+            << " index_bytes=" << m.index_bytes << " transient_bytes=" << m.transient_bytes;
 }
 
 }  // namespace loralab

@@ -57,6 +57,8 @@ enum class RngPurpose : std::uint8_t {
   freeze_mask_a = 3,  ///< LoRA-SP mask of A
   freeze_mask_b = 4,  ///< LoRA-SP mask of B
   input_dropout = 5,  ///< dropout on the adapter input, keyed by step
+  share_index = 6,    ///< MoS index tables (permutations of pool shards)
+  share_pool = 7,     ///< initial values of shared pools
   user = 255,         ///< free for user code and tests
 };
 

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "loralab/model/options.hpp"
 #include "loralab/model/weights.hpp"
 #include "loralab/optim/param_tensor.hpp"
+#include "loralab/share/shard_plan.hpp"
 
 namespace loralab::model {
 
@@ -68,6 +70,7 @@ class Gpt {
         adapters_[index(l, mod)] = std::make_unique<cpu::AdaptedLinear<Spec, T>>(
             w_.weight(l, mod), std::span<const T>(bias.data(), bias.size()), c);
       }
+    if constexpr (Spec::shares_factors) build_shared_factors();
   }
 
   /// \brief The configuration.
@@ -76,6 +79,26 @@ class Gpt {
   const GptOptions& options() const { return opts_; }
   /// \brief The adapter of module m in block l, or null when it carries none.
   cpu::AdaptedLinear<Spec, T>* adapter(int l, Module m) { return adapters_[index(l, m)].get(); }
+  /// \brief The pools and index tables of a sharing policy (MoS, pure sharing, PRoLoRA), or null
+  /// for private factors and in full mode.
+  const share::ShardPlan* shard_plan() const { return plan_ ? &*plan_ : nullptr; }
+  /// \brief The values of pool k of shard_plan() (model-owned, trained by the optimizer).
+  std::span<T> pool_values(int k) { return plan_pools_.at(k)->value; }
+  /// \brief The gradient of pool k of shard_plan().
+  std::span<const T> pool_grad(int k) const { return plan_pools_.at(k)->grad; }
+  /// \brief Re-assembles every adapter's A_i, B_i from the pools (done by every forward; call it
+  /// after changing pool values by hand, e.g. before exporting the factors). No-op without pools.
+  void sync_shared_factors() {
+    if (!plan_) return;
+    for (std::size_t m = 0; m < adapters_.size(); ++m) {
+      if (!plan_->tables[m].active()) continue;
+      const auto& t = plan_->tables[m];
+      share::assemble_factors<T>(*plan_, int(m), plan_pools_[t.pool_a]->value,
+                                 plan_pools_[t.pool_b]->value, adapters_[m]->A().data(),
+                                 adapters_[m]->B().data());
+    }
+  }
+
   /// \brief Dropout places (see ModelHooks).
   ModelHooks<T>& hooks() { return hooks_; }
 
@@ -107,6 +130,7 @@ class Gpt {
     batch_ = batch;
     seq_ = seq;
     pass_ = pass;
+    sync_shared_factors();  // pools may have moved since the last forward
     tokens_.assign(tokens.begin(), tokens.end());
     cpu::MatrixR<T> x(n, d);
     embedding_forward<T>(tokens_, batch, seq, w_.wte(), w_.wpe(), x);
@@ -144,6 +168,7 @@ class Gpt {
     }
     for (int l = cfg_.layers - 1; l >= 0; --l) dx = block_backward(l, std::move(dx));
     if (full()) embedding_backward<T>(dx, tokens_, batch_, seq_, grad_view(0), grad_view(1));
+    scatter_shared_grads();
   }
 
   /// \brief A trainable buffer shared across blocks (cross-layer sharing such as MoS pools),
@@ -178,6 +203,7 @@ class Gpt {
   std::vector<ParamTensor<T>> parameters() {
     std::vector<ParamTensor<T>> out;
     for (auto& [name, pool] : pools_) out.push_back(ParamTensor<T>{pool.value, pool.grad, {}});
+    if (plan_) return out;  // the adapters hold assembled copies of pool rows, not parameters
     if (full()) {
       out.insert(out.begin(), ParamTensor<T>{w_.flat(), grads_, {}});
       return out;
@@ -217,6 +243,15 @@ class Gpt {
         if (a) m += a->memory(tokens);
       m.activation_bytes = 0;  // counted below for the whole model
       m.saved_input_bytes = 0;
+      if (plan_) {  // trainable: the pools; the assembled factors and their gradients are transient
+        const std::int64_t n = plan_->trainable_params(), sz = std::int64_t(sizeof(T));
+        m.transient_bytes = m.parameter_bytes + m.gradient_bytes;
+        m.trainable_params = n;
+        m.parameter_bytes = n * sz;
+        m.gradient_bytes = n * sz;
+        m.optimizer_state_bytes = 2 * n * sz;
+        m.index_bytes = plan_->index_entries() * std::int64_t(sizeof(std::int32_t));
+      }
     }
     m.activation_bytes = activation_bytes(tokens);
     return m;
@@ -362,6 +397,44 @@ class Gpt {
     return din;
   }
 
+  // Sharing policies: the plan from the seed, the pools it names (created here, model-owned),
+  // initial pool values, and the first assembly.
+  void build_shared_factors() {
+    if (full()) return;
+    std::vector<share::TypeShape> types;
+    for (int m = 0; m < kModulesPerBlock; ++m) {
+      const Module mod = static_cast<Module>(m);
+      if (!opts_.targets.contains(mod)) continue;
+      const auto W = w_.weight(0, mod);
+      types.push_back({m, module_name(mod), W.cols(), W.rows()});
+    }
+    if (types.empty()) return;
+    plan_ = share::make_shard_plan(Spec::share::scheme, opts_.adapter.share,
+                                   Spec::rank_for(opts_.adapter), cfg_.layers, kModulesPerBlock,
+                                   types, opts_.adapter.seed);
+    for (std::size_t k = 0; k < plan_->pools.size(); ++k) {
+      const share::Pool& p = plan_->pools[k];
+      SharedPool& pool = shared_pool("share." + p.name, std::size_t(p.size()));
+      share::fill_initial_pool<T>(*plan_, int(k), opts_.adapter.seed, pool.value);
+      plan_pools_.push_back(&pool);
+    }
+    sync_shared_factors();
+  }
+
+  // Sums every adapter's factor gradient into the pools (fixed order), then clears the adapters'
+  // gradients so the next backward (gradient accumulation) adds only its own contribution.
+  void scatter_shared_grads() {
+    if (!plan_) return;
+    for (std::size_t k = 0; k < plan_->pools.size(); ++k) {
+      const bool side_a = plan_->pools[k].side == share::Side::a;
+      share::scatter_pool_grad<T>(*plan_, int(k), plan_pools_[k]->grad, [&](int m) {
+        return side_a ? adapters_[m]->grad_A().data() : adapters_[m]->grad_B().data();
+      });
+    }
+    for (auto& a : adapters_)
+      if (a) a->zero_grad();
+  }
+
   std::int64_t activation_bytes(std::int64_t tokens) const {
     const std::int64_t d = cfg_.d_model, ff = cfg_.ff(), H = cfg_.heads, T_ = cfg_.context;
     // per block: x_in, h1, qkv(3d), att, x_mid, h2, f, g, LayerNorm stats, attention weights
@@ -377,6 +450,8 @@ class Gpt {
   std::vector<std::unique_ptr<cpu::AdaptedLinear<Spec, T>>> adapters_;  // [L x 4], null = none
   std::vector<T> grads_;                                                // full mode: like w_.flat()
   std::map<std::string, SharedPool> pools_;
+  std::optional<share::ShardPlan> plan_;  // sharing policies only
+  std::vector<SharedPool*> plan_pools_;   // plan_->pools[k] lives in pools_ (stable map nodes)
   std::vector<bool> trainable_;
   std::vector<BlockActs> acts_;
   std::vector<std::int32_t> tokens_, targets_;

@@ -14,6 +14,7 @@ struct freeze {};   ///< entry-level trainability: NoFreeze, RandomMask<pct>, Fr
 struct init {};     ///< initialization: KaimingUniformA, GaussianA
 struct scaling {};  ///< branch scale: AlphaOverRank, RsLoraScale
 struct dropout {};  ///< dropout on the adapter input: NoDropout, InputDropout
+struct share {};  ///< sharing of A and B across modules: PrivateFactors, PureSharing, MoS, PRoLoRA
 }  // namespace axes
 
 namespace detail {
@@ -49,6 +50,6 @@ inline constexpr bool dependent_false = false;
 template <class P>
 concept KnownPolicy = detail::OnAxis<P, axes::rank> || detail::OnAxis<P, axes::freeze> ||
     detail::OnAxis<P, axes::init> || detail::OnAxis<P, axes::scaling> ||
-    detail::OnAxis<P, axes::dropout>;
+    detail::OnAxis<P, axes::dropout> || detail::OnAxis<P, axes::share>;
 
 }  // namespace loralab
