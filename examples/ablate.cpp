@@ -57,6 +57,10 @@ struct Options {
   std::string device = "cpu";  // cpu or cuda
   std::string dtype = "f32";   // cuda: f32 or bf16 (bf16 activations and base weights)
   bool recompute = false;      // cuda: recompute LayerNorm and GELU outputs in backward
+  // Sharing arms (methods.md 3.9 [CHOICE]): MoS budget e, actual rank r = 4e, private p, shards l;
+  // PRoLoRA at rank r with u unshared ranks and m = n copies of the shared chunk.
+  int mos_budget = 2, mos_rank = 8, mos_private = 1, mos_shards = 4;
+  int prolora_unshared = 1, prolora_multiple = 2;
 };
 
 // The model type of an arm on the chosen device, built in place (models are not movable).
@@ -220,20 +224,27 @@ struct ArmRun {
   MemoryReport memory;
   std::int64_t optimizer_bytes = 0;
   std::int64_t peak_device_bytes = -1;  // measured on the GPU (every DeviceBuffer); -1 on the CPU
+  int rank = 0;                         // the adapters' (actual) rank
 };
 
 struct Arm {
   std::string name;
+  std::string summary;  // for --help
   std::function<ArmRun(const Options&, const Task&, const model::GptWeights<float>&,
                        std::uint64_t seed)>
       run;
 };
 
+// Sets an arm's rank and sharing sizes from the options (default: --rank, no sharing).
+using Configure = std::function<void(const Options&, AdapterConfig&)>;
+
 template <class Spec>
-Arm make_arm(std::string name, model::TrainMode mode) {
+Arm make_arm(std::string name, model::TrainMode mode, std::string summary,
+             Configure configure = {}) {
   return Arm{
-      name, [name, mode](const Options& o, const Task& task, const model::GptWeights<float>& base,
-                         std::uint64_t seed) {
+      name, std::move(summary),
+      [name, mode, configure](const Options& o, const Task& task,
+                              const model::GptWeights<float>& base, std::uint64_t seed) {
         return on_device<Spec>(o, [&]<class Model>() {
           model::GptWeights<float> w = base;  // every arm starts from the same base
           model::GptOptions opts;
@@ -241,6 +252,7 @@ Arm make_arm(std::string name, model::TrainMode mode) {
           opts.adapter.rank = o.rank;
           opts.adapter.alpha = o.alpha;
           opts.adapter.seed = seed;
+          if (configure) configure(o, opts.adapter);
 #if LORALAB_HAS_CUDA
           cuda::reset_device_memory_peak();
 #endif
@@ -261,6 +273,7 @@ Arm make_arm(std::string name, model::TrainMode mode) {
               *m, cfg, [&](std::int64_t step, int) { return task.finetune_batch(seed, step); },
               [&] { return task.evaluate(loss_of, generate); });
           ArmRun r;
+          r.rank = mode == model::TrainMode::full ? 0 : opts.adapter.rank;
           const auto res = t.run();
           r.curve = res.curve;
           r.tokens_per_second = res.tokens_per_second;
@@ -278,10 +291,51 @@ Arm make_arm(std::string name, model::TrainMode mode) {
 std::map<std::string, Arm> make_arms() {
   std::map<std::string, Arm> arms;
   auto add = [&](Arm a) { arms.emplace(a.name, std::move(a)); };
-  add(make_arm<Adapter<DynamicRank>>("full", model::TrainMode::full));
-  add(make_arm<Adapter<DynamicRank>>("lora", model::TrainMode::adapters));
-  add(make_arm<Adapter<DynamicRank, RandomMask<50>>>("lora-sp", model::TrainMode::adapters));
-  add(make_arm<Adapter<DynamicRank, FreezeA>>("lora-fa", model::TrainMode::adapters));
+  constexpr auto adapters = model::TrainMode::adapters;
+  add(make_arm<Adapter<DynamicRank>>("full", model::TrainMode::full, "full fine-tuning"));
+  add(make_arm<Adapter<DynamicRank>>("lora", adapters, "LoRA at --rank"));
+  add(make_arm<Adapter<DynamicRank, RandomMask<50>>>("lora-sp", adapters,
+                                                     "LoRA-SP (half of A, B frozen) at --rank"));
+  add(make_arm<Adapter<DynamicRank, FreezeA>>("lora-fa", adapters, "LoRA with A frozen"));
+
+  // The sharing axis (methods.md 3): MoS and its ablations at budget e and rank r, pure sharing
+  // and LoRA at the same budget, LoRA at rank r and 8e, PRoLoRA.
+  const auto mos = [](const Options& o, AdapterConfig& c) {
+    c.rank = o.mos_rank;
+    c.share.budget_rank = o.mos_budget;
+    c.share.private_rank = o.mos_private;
+    c.share.shards = o.mos_shards;
+  };
+  const auto rank = [](int (*of)(const Options&)) {
+    return [of](const Options& o, AdapterConfig& c) { c.rank = of(o); };
+  };
+  add(make_arm<Adapter<DynamicRank, MixtureOfShards<>>>(
+      "mos", adapters, "MoS: budget --mos-budget e, rank --mos-rank r", mos));
+  add(make_arm<Adapter<DynamicRank, MixtureOfShards<false>>>(
+      "mos-no-subset", adapters, "MoS without subset selection (every block the same shards)",
+      mos));
+  add(make_arm<Adapter<DynamicRank, MixtureOfShards<true, false>>>(
+      "mos-no-dissoc", adapters, "MoS without pair dissociation (B's shards where A's are)", mos));
+  add(make_arm<Adapter<DynamicRank, MixtureOfShards<true, true, false>>>(
+      "mos-no-vshard", adapters, "MoS without vector sharding (whole vectors)", mos));
+  add(make_arm<Adapter<DynamicRank, MixtureOfShards<true, true, true, false>>>(
+      "mos-no-private", adapters, "MoS without shard privatization (p = 0)", mos));
+  add(make_arm<Adapter<DynamicRank, PureSharing>>(
+      "pure-share", adapters, "one A/B pair per type for all blocks, rank e*L (MoS's budget)",
+      [](const Options& o, AdapterConfig& c) { c.rank = o.mos_budget * o.model.layers; }));
+  add(make_arm<Adapter<DynamicRank, Prolora<>>>(
+      "prolora", adapters, "PRoLoRA at rank r (--prolora-unshared u, --prolora-multiple m=n)",
+      [](const Options& o, AdapterConfig& c) {
+        c.rank = o.mos_rank;
+        c.share.unshared_rank = o.prolora_unshared;
+        c.share.a_multiple = c.share.b_multiple = o.prolora_multiple;
+      }));
+  add(make_arm<Adapter<DynamicRank>>("lora-e", adapters, "LoRA at rank e (MoS's budget)",
+                                     rank([](const Options& o) { return o.mos_budget; })));
+  add(make_arm<Adapter<DynamicRank>>("lora-r", adapters, "LoRA at MoS's actual rank r",
+                                     rank([](const Options& o) { return o.mos_rank; })));
+  add(make_arm<Adapter<DynamicRank>>("lora-8e", adapters, "LoRA at rank 8e (the paper's claim)",
+                                     rank([](const Options& o) { return 8 * o.mos_budget; })));
   return arms;
 }
 
@@ -299,10 +353,13 @@ void usage(const std::map<std::string, Arm>& arms) {
       "usage: ablate [options]\n"
       "  --task NAME          sorting (default), addition, copy, reversal, multiplication, "
       "fortunes\n"
-      "  --arms LIST          comma list of arms (default full,lora,lora-sp); available:");
-  for (const auto& [name, arm] : arms) std::printf(" %s", name.c_str());
+      "  --arms LIST          comma list of arms (default full,lora,lora-sp), or 'sharing' for\n"
+      "                       mos,mos-no-subset,mos-no-dissoc,mos-no-vshard,mos-no-private,"
+      "pure-share,\n"
+      "                       prolora,lora-e,lora-r,lora-8e; available:\n");
+  for (const auto& [name, arm] : arms)
+    std::printf("                         %-15s %s\n", name.c_str(), arm.summary.c_str());
   std::printf(
-      "\n"
       "  --rank R             adapter rank (default 8); --alpha A (default 16)\n"
       "  --steps N            fine-tuning steps per arm and seed (default 600)\n"
       "  --pretrain-steps N   pretraining steps of the base (default 2000; cached)\n"
@@ -325,6 +382,9 @@ void usage(const std::map<std::string, Arm>& arms) {
       "                       optimizer state (default f32)\n"
       "  --recompute          cuda: recompute LayerNorm and GELU outputs in backward instead of "
       "keeping them\n"
+      "  --mos-budget E --mos-rank R --mos-private P --mos-shards L\n"
+      "                       MoS sizes (default 2, 8, 1, 4; methods.md 3.9)\n"
+      "  --prolora-unshared U --prolora-multiple M   PRoLoRA sizes (default 1, 2)\n"
       "  --no-plot            skip curves.png\n");
 }
 
@@ -346,8 +406,23 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
       std::exit(0);
     } else if (a == "--task")
       o.task = value();
-    else if (a == "--arms")
+    else if (a == "--arms") {
       o.arms = split_list(value());
+      if (o.arms == std::vector<std::string>{"sharing"})
+        o.arms = {"mos",        "mos-no-subset", "mos-no-dissoc", "mos-no-vshard", "mos-no-private",
+                  "pure-share", "prolora",       "lora-e",        "lora-r",        "lora-8e"};
+    } else if (a == "--mos-budget")
+      o.mos_budget = std::stoi(value());
+    else if (a == "--mos-rank")
+      o.mos_rank = std::stoi(value());
+    else if (a == "--mos-private")
+      o.mos_private = std::stoi(value());
+    else if (a == "--mos-shards")
+      o.mos_shards = std::stoi(value());
+    else if (a == "--prolora-unshared")
+      o.prolora_unshared = std::stoi(value());
+    else if (a == "--prolora-multiple")
+      o.prolora_multiple = std::stoi(value());
     else if (a == "--rank")
       o.rank = std::stoi(value());
     else if (a == "--alpha")
@@ -439,14 +514,15 @@ int main(int argc, char** argv) {
     const std::int64_t base_bytes = std::int64_t(base.flat().size() * sizeof(float));
 
     std::ofstream results(o.out / "results.csv"), curves(o.out / "curves.csv");
-    results << "arm,seed,trainable_params,optimizer_state_bytes,accounted_memory_bytes,final_eval_"
-               "loss,final_"
-            << task.metric_name << ",tokens_per_second,peak_device_bytes\n";
+    results
+        << "arm,seed,rank,trainable_params,optimizer_state_bytes,accounted_memory_bytes,final_eval_"
+           "loss,final_"
+        << task.metric_name << ",tokens_per_second,peak_device_bytes\n";
     curves << "arm,seed,step,train_loss,eval_loss," << task.metric_name << "\n";
     const bool gpu = o.device == "cuda";
     std::printf("device: %s%s\n", o.device.c_str(),
                 gpu ? (" (" + o.dtype + (o.recompute ? ", recompute" : "") + ")").c_str() : "");
-    std::printf("%-9s %12s %12s %14s %22s %10s%s\n", "arm", "trainable", "optim bytes",
+    std::printf("%-14s %4s %12s %12s %14s %22s %10s%s\n", "arm", "rank", "trainable", "optim bytes",
                 "memory bytes", (task.metric_name + " (mean +- sd)").c_str(), "tok/s",
                 gpu ? "  peak device bytes" : "");
     for (const auto& name : o.arms) {
@@ -461,8 +537,8 @@ int main(int argc, char** argv) {
         tps += last.tokens_per_second / o.seeds;
         const std::int64_t memory = base_bytes + last.memory.total_bytes() -
                                     last.memory.optimizer_state_bytes + last.optimizer_bytes;
-        results << name << ',' << seed << ',' << last.memory.trainable_params << ','
-                << last.optimizer_bytes << ',' << memory << ',' << end.eval.loss << ','
+        results << name << ',' << seed << ',' << last.rank << ',' << last.memory.trainable_params
+                << ',' << last.optimizer_bytes << ',' << memory << ',' << end.eval.loss << ','
                 << end.eval.metric << ',' << last.tokens_per_second << ',' << last.peak_device_bytes
                 << '\n';
         for (const auto& p : last.curve)
@@ -475,8 +551,9 @@ int main(int argc, char** argv) {
         var += (f - mean) * (f - mean) / double(std::max<std::size_t>(1, finals.size() - 1));
       const std::int64_t memory = base_bytes + last.memory.total_bytes() -
                                   last.memory.optimizer_state_bytes + last.optimizer_bytes;
-      std::printf("%-9s %12lld %12lld %14lld %14.4f +- %.4f %10.0f", name.c_str(),
-                  static_cast<long long>(last.memory.trainable_params),
+      const std::string rank = last.rank > 0 ? std::to_string(last.rank) : "-";
+      std::printf("%-14s %4s %12lld %12lld %14lld %14.4f +- %.4f %10.0f", name.c_str(),
+                  rank.c_str(), static_cast<long long>(last.memory.trainable_params),
                   static_cast<long long>(last.optimizer_bytes), static_cast<long long>(memory),
                   mean, std::sqrt(var), tps);
       if (gpu) std::printf("  %17lld", static_cast<long long>(last.peak_device_bytes));
