@@ -59,6 +59,7 @@ enum class RngPurpose : std::uint8_t {
   input_dropout = 5,  ///< dropout on the adapter input, keyed by step
   share_index = 6,    ///< MoS index tables (permutations of pool shards)
   share_pool = 7,     ///< initial values of shared pools
+  model_dropout = 8,  ///< the dropout framework's masks (dropout/masks.hpp)
   user = 255,         ///< free for user code and tests
 };
 

@@ -50,6 +50,25 @@ void causal_softmax_row(Row&& row, Eigen::Index i, const std::uint8_t* keep) {
   if (sum > T(0)) row.head(i + 1) /= sum;  // sum == 0 only when every allowed key is dropped
 }
 
+/// DropAttention's weights: W' = (P .* keep) / rowsum(P .* keep) for the [T x T] block starting
+/// at row p0 of the hooks; writes them to `weighted` and the row sums to `sums` (0 rows stay 0).
+template <class P, class T>
+void drop_attention_weights(const P& p, const std::uint8_t* keep, Eigen::Index n_t,
+                            cpu::MatrixR<T>& weighted, Eigen::Matrix<T, Eigen::Dynamic, 1>& sums) {
+  weighted.resize(n_t, n_t);
+  sums.resize(n_t);
+  for (Eigen::Index i = 0; i < n_t; ++i) {
+    T s(0);
+    for (Eigen::Index j = 0; j < n_t; ++j) {
+      const T w = keep[i * n_t + j] ? p(i, j) : T(0);
+      weighted(i, j) = w;
+      s += w;
+    }
+    sums(i) = s;
+    if (s > T(0)) weighted.row(i) /= s;
+  }
+}
+
 }  // namespace detail
 
 /// \ingroup model
@@ -59,7 +78,8 @@ void causal_softmax_row(Row&& row, Eigen::Index i, const std::uint8_t* keep) {
 /// \f[ S = Q_h K_h^T / \sqrt{hd} + \mathrm{mask}, \quad P = \mathrm{softmax}_{row}(S), \quad
 ///     O_h = (P \odot \Omega) V_h \f]
 /// where the mask is -inf for j > i and for keys hooks.logit_keep drops, and Omega is
-/// hooks.weight_scale (all ones when null). Call as `attention_forward<T>(...)`.
+/// hooks.weight_scale (all ones when null). With hooks.weight_keep (DropAttention), P .* Omega
+/// is replaced by (P .* keep) / rowsum(P .* keep). Call as `attention_forward<T>(...)`.
 ///
 /// WRITES out [B*T x d] (head h into columns h*hd .. (h+1)*hd - 1, GPT-2's merge of heads) and
 /// probs [B*H*T x T], the softmax P BEFORE weight_scale (exactly 0 above the diagonal and at
@@ -80,7 +100,11 @@ void attention_forward(cpu::ConstMatrixRef<T> qkv,  // [B*T x 3d]
   detail::check_shape(out, Eigen::Index(batch) * seq, d, fn, "out");
   detail::check_shape(probs, Eigen::Index(batch) * heads * seq, n_t, fn, "probs");
   const T scale = T(1) / std::sqrt(T(hd));
-  cpu::MatrixR<T> weighted;  // [T x T] P .* Omega, only with weight_scale
+  cpu::MatrixR<T> weighted;  // [T x T] P .* Omega (weight_scale) or DropAttention's weights
+  Eigen::Matrix<T, Eigen::Dynamic, 1> sums;  // DropAttention's row sums S
+  LORALAB_CHECK(!(hooks.weight_keep && hooks.weight_scale),
+                "[loralab.config] attention hooks: weight_keep (DropAttention) and weight_scale "
+                "do not combine");
   for (Eigen::Index b = 0; b < batch; ++b)
     for (Eigen::Index h = 0; h < heads; ++h) {
       const Eigen::Index r0 = b * n_t, p0 = (b * heads + h) * n_t;
@@ -93,7 +117,10 @@ void attention_forward(cpu::ConstMatrixRef<T> qkv,  // [B*T x 3d]
         detail::causal_softmax_row(p.row(i), i,
                                    hooks.logit_keep ? hooks.logit_keep + (p0 + i) * n_t : nullptr);
       auto o = out.block(r0, h * hd, n_t, hd);  // [T x hd]
-      if (hooks.weight_scale) {
+      if (hooks.weight_keep) {
+        detail::drop_attention_weights(p, hooks.weight_keep + p0 * n_t, n_t, weighted, sums);
+        o.noalias() = weighted * v;
+      } else if (hooks.weight_scale) {
         const cpu::ConstMatrixMap<float> omega(hooks.weight_scale + p0 * n_t, n_t, n_t);
         weighted = p.cwiseProduct(omega.cast<T>());
         o.noalias() = weighted * v;
@@ -127,8 +154,9 @@ void attention_backward(cpu::ConstMatrixRef<T> dout,   // [B*T x d]
   detail::check_shape(probs, Eigen::Index(batch) * heads * seq, n_t, fn, "probs");
   detail::check_shape(dqkv, Eigen::Index(batch) * seq, 3 * d, fn, "dqkv");
   const T scale = T(1) / std::sqrt(T(hd));
-  cpu::MatrixR<T> ds(n_t, n_t);  // [T x T] dP, then dS
-  cpu::MatrixR<T> weighted;      // [T x T] P .* Omega, only with weight_scale
+  cpu::MatrixR<T> ds(n_t, n_t);              // [T x T] dP, then dS
+  cpu::MatrixR<T> weighted;                  // [T x T] P .* Omega, or DropAttention's weights
+  Eigen::Matrix<T, Eigen::Dynamic, 1> sums;  // DropAttention's row sums S
   for (Eigen::Index b = 0; b < batch; ++b)
     for (Eigen::Index h = 0; h < heads; ++h) {
       const Eigen::Index r0 = b * n_t, p0 = (b * heads + h) * n_t;
@@ -141,7 +169,21 @@ void attention_backward(cpu::ConstMatrixRef<T> dout,   // [B*T x d]
       auto dk = dqkv.block(r0, d + h * hd, n_t, hd);          // [T x hd]
       auto dv = dqkv.block(r0, 2 * d + h * hd, n_t, hd);      // [T x hd]
       ds.noalias() = d_o * v.transpose();                     // dL/d(P .* Omega)
-      if (hooks.weight_scale) {
+      if (hooks.weight_keep) {
+        const std::uint8_t* keep = hooks.weight_keep + p0 * n_t;
+        detail::drop_attention_weights(p, keep, n_t, weighted, sums);
+        dv.noalias() = weighted.transpose() * d_o;
+        for (Eigen::Index i = 0; i < n_t; ++i) {
+          if (!(sums(i) > T(0))) {
+            ds.row(i).setZero();
+            continue;
+          }
+          // d(W')/d(P .* keep) through the normalizer, unless it is a stop-gradient constant
+          const T through = hooks.normalizer_stop_gradient ? T(0) : ds.row(i).dot(weighted.row(i));
+          for (Eigen::Index j = 0; j < n_t; ++j)
+            ds(i, j) = keep[i * n_t + j] ? (ds(i, j) - through) / sums(i) : T(0);  // dL/dP
+        }
+      } else if (hooks.weight_scale) {
         const cpu::ConstMatrixMap<float> omega(hooks.weight_scale + p0 * n_t, n_t, n_t);
         weighted = p.cwiseProduct(omega.cast<T>());
         dv.noalias() = weighted.transpose() * d_o;

@@ -17,9 +17,16 @@ struct AttentionHooks {
   /// nonzero = kept. A row whose every allowed key is dropped yields all-zero weights (and a zero
   /// output row), never NaN. Null = keep all.
   const std::uint8_t* logit_keep = nullptr;
-  /// DropAttention: multiplies the weights after the softmax (typically 0 or 1/(1-p)); treated
-  /// as a constant in backward. Null = all ones.
+  /// Plain dropout on the weights: multiplies them after the softmax (typically 0 or 1/(1-p));
+  /// treated as a constant in backward. Null = all ones.
   const float* weight_scale = nullptr;
+  /// DropAttention (methods.md 4.4): 0 = weight (i, j) dropped after the softmax, and the kept
+  /// weights of the row are divided by their sum S (a row with nothing kept becomes 0). Null =
+  /// keep all. Not combined with weight_scale.
+  const std::uint8_t* weight_keep = nullptr;
+  /// DropAttention's stop-gradient on S (the paper's "DropAttention"); false back-propagates
+  /// through S, which gives exactly DropKey's gradient.
+  bool normalizer_stop_gradient = true;
 };
 
 }  // namespace loralab::model
