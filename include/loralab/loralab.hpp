@@ -47,6 +47,7 @@
 #include "loralab/io/hf_gpt2.hpp"
 #include "loralab/io/peft_lora.hpp"
 #include "loralab/io/safetensors.hpp"
+#include "loralab/io/shard_pools.hpp"
 #include "loralab/model/gpt.hpp"
 #include "loralab/optim/adamw.hpp"
 #include "loralab/optim/param_tensor.hpp"

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "loralab/adapter.hpp"
+#include "loralab/cpu/adamw.hpp"
 #include "loralab/io/hf_gpt2.hpp"
 #include "loralab/model/gpt.hpp"
 #include "support/temp_dir.hpp"
@@ -557,5 +559,87 @@ TEST_SUITE("io.peft_lora") {
     }
     // A failed import leaves the model untouched.
     CHECK(dst.adapter(0, Module::qkv)->A()(0, 0) == a_before);
+  }
+}
+
+// Sharing models: at inference a MoS (or pure-sharing, PRoLoRA) model is a LoRA of rank r, so
+// its PEFT export is a plain LoRA that HF PEFT and a loralab LoRA model load; the reverse is
+// refused, since a sharing model's factors are views of its pools.
+namespace {
+
+using Lora4 = Adapter<Rank<4>>;
+
+/// A sharing model of rank 4 on the tiny GPT-2 (d=16, 2 layers): non-zero pools, then two AdamW
+/// steps without a forward after them, so the adapters' assembled copies are one step stale and
+/// export must re-assemble them.
+template <class Spec>
+void check_sharing_export_serves_as_lora() {
+  GptWeights<float> w = loralab::io::import_hf_gpt2<float>(tiny_dir());
+  GptOptions o = adapter_options(7);
+  o.adapter.share.budget_rank = 3;  // MoS e=3, p=1, l=2: (r-p)*l = 6 <= (e-p)*L*l = 8
+  o.adapter.share.private_rank = 1;
+  o.adapter.share.shards = 2;
+  Gpt<Spec, float> src(w, o);
+  const auto* plan = src.shard_plan();
+  REQUIRE(plan);
+  for (std::size_t k = 0; k < plan->pools.size(); ++k) {
+    auto v = src.pool_values(int(k));
+    for (std::size_t i = 0; i < v.size(); ++i)
+      v[i] = float(0.3 * std::sin(0.9 * double(i) + 1.7 * double(k)));
+  }
+  loralab::cpu::AdamW<float> opt(src.parameters(), {.lr = 1e-2});
+  const Batch b;
+  for (int step = 0; step < 2; ++step) {
+    src.zero_grad();
+    src.forward(b.tokens, b.targets, 2, 8, {true, std::uint64_t(step)});
+    src.backward();
+    opt.step();
+  }
+  TempDir dir;
+  loralab::io::export_peft_lora(src, dir.path);
+
+  // A plain LoRA of rank r: PEFT's fields only, the model's alpha and modules.
+  const Json cfg = read_json(dir.path / "adapter_config.json");
+  CHECK(cfg["peft_type"] == "LORA");
+  CHECK(cfg["r"] == 4);
+  CHECK(cfg["lora_alpha"] == 16);
+  CHECK(cfg["target_modules"] == Json::array({"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"}));
+  CHECK(cfg["use_rslora"] == false);
+  Gpt<Lora4, float> plain_src(w, adapter_options(7));
+  const Json plain_cfg = loralab::io::peft_adapter_config(plain_src);
+  for (const auto& [k, v] : cfg.items()) CHECK_MESSAGE(plain_cfg.contains(k), k);
+  CHECK(cfg.size() == plain_cfg.size());
+  const SafetensorsFile f = SafetensorsFile::load(dir.path / "adapter_model.safetensors");
+  CHECK(f.names().size() == 2 * 2 * 4);
+  CHECK(f.info(key(1, "mlp.c_fc", "A")).shape == std::vector<std::int64_t>{4, 16});
+  CHECK(f.info(key(1, "mlp.c_fc", "B")).shape == std::vector<std::int64_t>{64, 4});
+  CHECK(f.info(key(1, "mlp.c_fc", "B")).dtype == DType::F32);
+  CHECK_FALSE(fs::exists(dir.path / "loralab_masks.safetensors"));
+
+  // The serving path: a LoRA model on the same base computes the sharing model's logits.
+  Gpt<Lora4, float> lora(w, adapter_options(8));
+  loralab::io::import_peft_lora(lora, dir.path);
+  const loralab::cpu::MatrixR<float> want = src.forward_logits(b.tokens, 2, 8, {false, 0});
+  const loralab::cpu::MatrixR<float> got = lora.forward_logits(b.tokens, 2, 8, {false, 0});
+  CHECK(got == want);  // bitwise: the same factors through the same adapter code
+  check_same_adapters(src, lora);
+  CHECK(lora.adapter(1, Module::mlp_proj)->B().norm() > 0);  // not a zero-B export
+
+  // The other way is refused: the factors of a sharing model are views of its pools.
+  Gpt<Spec, float> dst(w, o);
+  CHECK_ERROR(loralab::io::import_peft_lora(dst, dir.path), "[loralab.io] " + dir.path.string(),
+              "share factors", "views assembled from shard pools", "load_shard_pools",
+              "Adapter<Rank<r>>");
+}
+
+}  // namespace
+
+TEST_SUITE("io.peft_lora") {
+  TEST_CASE("a MoS model exports as a plain rank-r LoRA that a LoRA model serves exactly") {
+    check_sharing_export_serves_as_lora<Adapter<Rank<4>, loralab::MixtureOfShards<>>>();
+  }
+  TEST_CASE("pure-sharing and PRoLoRA models export as plain LoRA too") {
+    check_sharing_export_serves_as_lora<Adapter<Rank<4>, loralab::PureSharing>>();
+    check_sharing_export_serves_as_lora<Adapter<Rank<4>, loralab::Prolora<>>>();
   }
 }

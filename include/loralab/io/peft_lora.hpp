@@ -39,6 +39,13 @@
 /// Import restores the masks when the sidecar is present (and the model's adapter type has a
 /// mask); without it, the model keeps the masks drawn from its own seed. Export without masks
 /// removes a stale sidecar from the directory.
+///
+/// **Sharing models (PureSharing, MixtureOfShards, Prolora).** Export writes every block's
+/// assembled A_i [r x in] and B_i [out x r] (re-assembled from the pools first) as a plain rank-r
+/// LoRA with the model's alpha and target modules: at inference a MoS model is a LoRA of rank r,
+/// so HF PEFT (or a loralab `Adapter<Rank<r>>` model) loads it and computes the same function.
+/// The pools and index tables are not in PEFT's format, so import into a sharing model is refused;
+/// its own compact format is io/shard_pools.hpp (save_shard_pools / load_shard_pools).
 #pragma once
 
 #include <cmath>
@@ -200,6 +207,20 @@ constexpr int frozen_percent_of() {
     return 0;
 }
 
+/// The policy name of a sharing scheme, for messages.
+inline const char* share_policy_name(ShareKind kind) {
+  switch (kind) {
+    case ShareKind::pure:
+      return "PureSharing";
+    case ShareKind::mixture_of_shards:
+      return "MixtureOfShards";
+    case ShareKind::prolora:
+      return "Prolora";
+    default:
+      return "PrivateFactors";
+  }
+}
+
 /// Tensor names of `file` that are not in `used`, as an error.
 inline void reject_unexpected(const SafetensorsFile& file,
                               const std::set<std::string, std::less<>>& used,
@@ -297,12 +318,16 @@ nlohmann::json peft_adapter_config(model::Gpt<Spec, T>& gpt, const PeftExportOpt
 /// into `dir` (created if missing) in PEFT's format: adapter_model.safetensors, then, for an
 /// adapter type with a RandomMask, loralab_masks.safetensors (else a stale one is removed), then
 /// adapter_config.json; each file atomically.
+/// For a sharing model (Spec::shares_factors) the factors are first re-assembled from the pools
+/// (Gpt::sync_shared_factors), so the file holds what the next forward would use: a plain LoRA of
+/// rank r per module (see the file comment).
 /// \throws Error `[loralab.state]` when the model carries no adapters, `[loralab.io]` naming the
 /// file when writing fails.
 template <AdapterSpec Spec, class T>
 void export_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesystem::path& dir,
                       const PeftExportOptions& opts = {}) {
   const auto refs = detail::adapters_of(gpt, "export_peft_lora");
+  if constexpr (Spec::shares_factors) gpt.sync_shared_factors();  // pools may have moved
   const nlohmann::json config = peft_adapter_config(gpt, opts);
   const DType dtype = opts.dtype.value_or(dtype_of<T>);
   detail::make_export_dir(dir);
@@ -379,10 +404,20 @@ struct PeftImportResult {
 /// target mismatch, naming the key on a missing, mis-shaped or unexpected tensor, on an
 /// unsupported config (peft_type other than LORA, bias other than "none", DoRA, rank/alpha
 /// patterns, layers_to_transform not covering every layer, modules_to_save), and on masks for an
-/// adapter type without one; `[loralab.state]` when the model carries no adapters or one is
-/// merged.
+/// adapter type without one, and for a model whose adapters share factors (PureSharing,
+/// MixtureOfShards, Prolora: use load_shard_pools); `[loralab.state]` when the model carries no
+/// adapters or one is merged.
 template <AdapterSpec Spec, class T>
 PeftImportResult import_peft_lora(model::Gpt<Spec, T>& gpt, const std::filesystem::path& dir) {
+  if constexpr (Spec::shares_factors)
+    LORALAB_FAIL("[loralab.io] ", dir.string(),
+                 ": cannot import a PEFT LoRA adapter into a model whose adapters share factors "
+                 "(sharing policy ",
+                 detail::share_policy_name(Spec::share::scheme.kind),
+                 "): its A_i and B_i are views assembled from shard pools at every forward, "
+                 "so independent per-module factors have nowhere to go; load the compact format "
+                 "(io::load_shard_pools, a file written by io::save_shard_pools) instead, or "
+                 "import the PEFT adapter into a plain LoRA model (Adapter<Rank<r>>) to serve it");
   const auto refs = detail::adapters_of(gpt, "import_peft_lora");
   for (const auto& r : refs)
     LORALAB_CHECK(!r.adapter->merged(), "[loralab.state] import_peft_lora: the adapter of h.",

@@ -340,9 +340,16 @@ inline ShardPlan mos_plan(ShardPlan plan, const ShareConfig& cfg, int layers,
 /// \ingroup share
 /// \brief Builds the pools and index tables of `scheme` for `layers` blocks, each carrying an
 /// adapter of rank `rank` on every type of `types`; tables are a pure function of `seed`.
+/// \param scheme the scheme and its strategy switches (SharePolicy::scheme)
+/// \param cfg the sizes (MoS e, p, l, global pool; PRoLoRA u, m, n)
+/// \param rank r, the rank of every assembled factor
+/// \param layers the number of blocks
 /// \param types_per_block the number of module slots per block (tables are indexed
-/// block * types_per_block + type). \throws Error naming the values on shapes that do not divide,
-/// p > e, p > r, too few public shards, or a scheme without pools (private factors).
+/// block * types_per_block + type)
+/// \param types the projection types that carry adapters, with their d_in and d_out
+/// \param seed the seed the MoS index tables are drawn from
+/// \throws Error naming the values on shapes that do not divide, p > e, p > r, too few public
+/// shards, or a scheme without pools (private factors).
 inline ShardPlan make_shard_plan(const ShareScheme& scheme, const ShareConfig& cfg, int rank,
                                  int layers, int types_per_block, std::span<const TypeShape> types,
                                  std::uint64_t seed) {
