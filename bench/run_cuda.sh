@@ -8,6 +8,9 @@
 #     OUTDIR/gpt2_*.jsonl (an arm that fails leaves an "error" line and the others still run),
 #     then bench/summarize_gpt2.py prints the table and writes it into docs/PERFORMANCE.md
 #     (between the gpt2-bench markers; GPT2_UPDATE_DOCS=0 leaves the docs alone).
+#  3. Sharing schemes: bench_share_cuda in bf16, forward + backward time of MoS, pure sharing and
+#     PRoLoRA over LoRA's at the same rank on the GPT-2 124M shape at context 128, one JSON line
+#     per scheme in OUTDIR/share.jsonl (informative: no target, does not change the exit status).
 # Needs a CUDA device, and for the peers a Python with PyTorch (CUDA build), transformers and
 # peft: PYTHON=/path/to/python to choose it. About 3 to 6 minutes on an H100 once built.
 # Usage: bench/run_cuda.sh [output directory, default build/default/bench-results-cuda]
@@ -86,4 +89,18 @@ gpt2_status=0
 python3 "$root/bench/summarize_gpt2.py" --device "$device" --command "bench/run_cuda.sh" \
   ${update[@]+"${update[@]}"} "$out" || gpt2_status=$?
 [ "$gpt2_status" -le "$status" ] || status=$gpt2_status
+
+# ---- 3. sharing schemes over LoRA ------------------------------------------------------------
+echo "[bench] sharing schemes over LoRA (forward + backward, bf16, GPT-2 124M shape, T=128)" >&2
+share_status=0
+cmake --build "$root/build/default" --target bench_share_cuda >&2 || share_status=$?
+if [ "$share_status" -eq 0 ]; then
+  timeout "$arm_timeout" "$root/build/default/bench/bench_share_cuda" --dtype bf16 --json \
+    > "$out/share.jsonl" || share_status=$?
+fi
+if [ "$share_status" -ne 0 ]; then
+  echo "[bench] bench_share_cuda failed with status $share_status" >&2
+else
+  cat "$out/share.jsonl"
+fi
 exit "$status"
