@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "loralab/core/philox.hpp"
+
 #include "loralab/policy/axes.hpp"
 #include "loralab/policy/dropout.hpp"
 #include "loralab/policy/freeze.hpp"
@@ -31,9 +33,19 @@ struct AdapterConfig {
 /// \ingroup adapter
 /// \brief Which dropout mask a forward pass uses. Eval mode (training = false) applies no dropout.
 struct Pass {
-  bool training = true;    ///< train mode: apply the adapter's input dropout
-  std::uint64_t step = 0;  ///< keys the dropout mask (its low 32 bits); backward reuses it
+  bool training = true;      ///< train mode: apply the adapter's input dropout
+  std::uint64_t step = 0;    ///< keys the dropout mask (its low 32 bits); backward reuses it
+  std::uint32_t branch = 0;  ///< 0 or 1: the two passes of a consistency-regularized step draw
+                             ///< independent masks (dropout/config.hpp)
 };
+
+/// \ingroup adapter
+/// \brief The Philox stream of an adapter's input-dropout mask for a pass: module id in bits
+/// 32..54, the branch in bit 55, the step's low 32 bits in 0..31 (branch 0 is the plain layout).
+LORALAB_HOST_DEVICE std::uint64_t input_dropout_stream(std::uint32_t module_id, const Pass& pass) {
+  return make_stream(RngPurpose::input_dropout, module_id | ((pass.branch & 1u) << 23),
+                     static_cast<std::uint32_t>(pass.step));
+}
 
 namespace detail {
 /// Fails with the offending type's name in the diagnostic ("[with P = ...]"), like Kokkos's

@@ -67,8 +67,8 @@ int validate_adapter(const AdapterConfig& cfg, std::int64_t in, std::int64_t out
   LORALAB_CHECK(std::isfinite(cfg.alpha), "[loralab.config] alpha must be finite, got ", cfg.alpha);
   LORALAB_CHECK(cfg.dropout >= 0.0 && cfg.dropout < 1.0,
                 "[loralab.config] dropout rate must be in [0, 1), got ", cfg.dropout);
-  LORALAB_CHECK(cfg.module_id < (1u << 24), "[loralab.config] module_id ", cfg.module_id,
-                " exceeds the 24 bits of the RNG stream layout");
+  LORALAB_CHECK(cfg.module_id < (1u << 23), "[loralab.config] module_id ", cfg.module_id,
+                " exceeds the 23 bits of the RNG stream layout (bit 23 holds the pass branch)");
   return rank;
 }
 

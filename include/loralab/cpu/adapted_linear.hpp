@@ -125,6 +125,11 @@ class AdaptedLinear {
       if (!mask_[i]) grads_[i] = T(0);
   }
 
+  /// \brief Every entry of A then B, writable (for model-level transforms such as DropConnect).
+  std::span<T> factor_values() { return params_; }
+  /// \brief The gradients of factor_values(), writable.
+  std::span<T> factor_grads() { return grads_; }
+
   /// \brief The tensors an optimizer updates: A and B with their mask, or B alone under FreezeA.
   std::vector<ParamTensor<T>> parameters() {
     if constexpr (kFreezeA) {
@@ -167,7 +172,7 @@ class AdaptedLinear {
     if (merged_) return;
     U_.resize(X.rows(), rank_);
     if (dropout_active(pass)) {
-      apply_input_dropout(X, pass.step, H_);
+      apply_input_dropout(X, pass, H_);
       U_.noalias() = H_ * A().transpose();
     } else {
       U_.noalias() = X * A().transpose();
@@ -260,11 +265,10 @@ class AdaptedLinear {
                       "); set AdapterConfig::check_finite=false to propagate");
   }
 
-  // out = X .* D / (1-p), with D regenerated from (seed, module, step): no mask is stored.
-  void apply_input_dropout(ConstMatrixRef<T> X, std::uint64_t step, MatrixR<T>& out) const {
+  // out = X .* D / (1-p), with D regenerated from (seed, module, branch, step): no mask is stored.
+  void apply_input_dropout(ConstMatrixRef<T> X, const Pass& pass, MatrixR<T>& out) const {
     out.resize(X.rows(), X.cols());
-    const std::uint64_t stream =
-        make_stream(RngPurpose::input_dropout, cfg_.module_id, static_cast<std::uint32_t>(step));
+    const std::uint64_t stream = input_dropout_stream(cfg_.module_id, pass);
     const std::uint32_t threshold = drop_threshold(cfg_.dropout);
     const T keep_scale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
     const Index cols = X.cols();
@@ -302,7 +306,7 @@ class AdaptedLinear {
       dB.noalias() += scale_ * (GY.transpose() * U_);  // [out x r]
       if constexpr (!kFreezeA) {
         if (dropout) {
-          apply_input_dropout(X, last_pass_.step, H_);
+          apply_input_dropout(X, last_pass_, H_);
           dA.noalias() += GU_.transpose() * H_;  // [r x in]
         } else {
           dA.noalias() += GU_.transpose() * X;
@@ -318,7 +322,7 @@ class AdaptedLinear {
     if (dropout) {
       // (G_U A) .* D / (1-p): reuse H_ as the scratch buffer for G_U A, then mask it the same way.
       MatrixR<T> branch = GU_ * A();
-      apply_input_dropout(branch, last_pass_.step, H_);
+      apply_input_dropout(branch, last_pass_, H_);
       *dX += H_;
     } else {
       dX->noalias() += GU_ * A();

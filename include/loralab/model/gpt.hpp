@@ -18,6 +18,9 @@
 #include "loralab/core/error.hpp"
 #include "loralab/core/memory.hpp"
 #include "loralab/cpu/adapted_linear.hpp"
+#include "loralab/dropout/config.hpp"
+#include "loralab/dropout/masks.hpp"
+#include "loralab/model/consistency.hpp"
 #include "loralab/model/layers.hpp"
 #include "loralab/model/options.hpp"
 #include "loralab/model/weights.hpp"
@@ -52,6 +55,7 @@ class Gpt {
   Gpt(GptWeights<T>& weights, const GptOptions& opts)
       : w_(weights), opts_(opts), cfg_(weights.config()) {
     const int L = cfg_.layers;
+    dropout::validate(opts.dropout, L);
     trainable_.assign(L, true);
     acts_.resize(L);
     adapters_.resize(std::size_t(L) * kModulesPerBlock);
@@ -115,12 +119,31 @@ class Gpt {
                  int batch, int seq, Pass pass = {}) {
     LORALAB_CHECK(seq >= 1 && seq <= cfg_.context, "[loralab.shape] sequence length ", seq,
                   " outside [1, context=", cfg_.context, "]");
-    forward_logits(tokens, batch, seq, pass);
     targets_.assign(targets.begin(), targets.end());
+    consistency_ = 0;
+    two_pass_ = pass.training && opts_.dropout.two_pass();
+    double reference_ce = 0;
+    if (two_pass_) {  // the reference first: the main pass's activations must survive for backward
+      const Pass ref = reference_pass(pass);
+      forward_logits(tokens, batch, seq, ref);
+      reference_ = logits_;
+      if (opts_.dropout.backprop_both)
+        reference_ce = cross_entropy_forward<T>(logits_, targets_, probs_).loss;
+    }
+    forward_logits(tokens, batch, seq, pass);
     const CrossEntropyResult ce = cross_entropy_forward<T>(logits_, targets_, probs_);
     count_ = ce.count;
-    return ce.loss;
+    if (!two_pass_) return ce.loss;
+    cpu::MatrixR<T> no_grad(0, 0);  // the value only
+    consistency_ =
+        consistency_loss<T>(consistency_kind(), logits_, reference_, targets_, 0.0, no_grad);
+    // The task loss: branch 0's, or the mean of both branches' when both back-propagate.
+    return opts_.dropout.backprop_both ? 0.5 * (ce.loss + reference_ce) : ce.loss;
   }
+
+  /// \brief The consistency loss (KL or JS, unweighted) of the last training forward; 0 without
+  /// a compensation. The trainer's objective is forward()'s loss + lambda * this.
+  double consistency() const { return consistency_; }
 
   /// \brief Forward without a loss: logits [batch*seq x V] (e.g. for generation).
   const cpu::MatrixR<T>& forward_logits(std::span<const std::int32_t> tokens, int batch, int seq,
@@ -131,9 +154,12 @@ class Gpt {
     seq_ = seq;
     pass_ = pass;
     sync_shared_factors();  // pools may have moved since the last forward
+    apply_drop_connect();
     tokens_.assign(tokens.begin(), tokens.end());
     cpu::MatrixR<T> x(n, d);
     embedding_forward<T>(tokens_, batch, seq, w_.wte(), w_.wpe(), x);
+    if (hidden_mask(dropout::Position::embeddings, 0, x.rows(), x.cols(), emb_scale_))
+      x.array() *= emb_scale_.array();
     for (int l = 0; l < cfg_.layers; ++l) x = block_forward(l, std::move(x));
     final_in_ = std::move(x);
     hf_.resize(n, d);
@@ -141,9 +167,12 @@ class Gpt {
     rstd_f_.resize(n);
     layernorm_forward<T>(final_in_, w_.lnf_gamma(), w_.lnf_beta(), cfg_.ln_eps, hf_, mean_f_,
                          rstd_f_);
+    if (hidden_mask(dropout::Position::head_input, 0, hf_.rows(), hf_.cols(), head_scale_))
+      hf_.array() *= head_scale_.array();
     logits_.resize(n, cfg_.vocab_size);
     probs_.resize(n, cfg_.vocab_size);
     lm_head_forward<T>(hf_, w_.wte(), logits_);
+    restore_drop_connect();  // the parameters hold their own values between calls
     return logits_;
   }
 
@@ -155,22 +184,54 @@ class Gpt {
     const int d = cfg_.d_model;
     cpu::MatrixR<T> dlogits(n, cfg_.vocab_size);
     cross_entropy_backward<T>(probs_, targets_, count_, dlogits);
+    apply_drop_connect();  // the masks of the last forward again (they are keyed by its pass)
+    stash_drop_connect_grads();
+    if (two_pass_) {
+      if (opts_.dropout.backprop_both) dlogits *= T(0.5);  // the mean of the two task losses
+      consistency_loss<T>(consistency_kind(), logits_, reference_, targets_, opts_.dropout.lambda,
+                          dlogits);
+    }
+    backward_from_logits(dlogits);
+    if (two_pass_ && opts_.dropout.backprop_both) {
+      // R-Drop's both branches: re-run branch 1 (same masks) against branch 0 as the constant,
+      // and back-propagate it too; the two halves sum to the gradient of the symmetric KL.
+      cpu::MatrixR<T> branch0 = logits_;
+      forward_logits(tokens_, batch_, seq_, reference_pass(pass_));
+      reference_ = std::move(branch0);
+      cross_entropy_forward<T>(logits_, targets_, probs_);
+      cross_entropy_backward<T>(probs_, targets_, count_, dlogits);
+      dlogits *= T(0.5);
+      consistency_loss<T>(consistency_kind(), logits_, reference_, targets_, opts_.dropout.lambda,
+                          dlogits);
+      backward_from_logits(dlogits);
+    }
+    finish_drop_connect();
+    scatter_shared_grads();
+  }
+
+ private:
+  void backward_from_logits(const cpu::MatrixR<T>& dlogits) {
+    const Eigen::Index n = Eigen::Index(batch_) * seq_;
+    const int d = cfg_.d_model;
     cpu::MatrixR<T> dhf(n, d), dx = cpu::MatrixR<T>::Zero(n, d);
     if (full()) {
       lm_head_backward<T>(dlogits, hf_, w_.wte(), dhf, grad_view(0));
+      if (head_scale_.size() > 0) dhf.array() *= head_scale_.array();
       layernorm_backward<T>(dhf, final_in_, w_.lnf_gamma(), mean_f_, rstd_f_, dx,
                             grad_vec(slots() - 2), grad_vec(slots() - 1));
     } else {
       dhf.noalias() = dlogits * w_.wte();  // the tied head is frozen: only the input gradient
+      if (head_scale_.size() > 0) dhf.array() *= head_scale_.array();
       std::vector<T> scratch_g(d), scratch_b(d);
       layernorm_backward<T>(dhf, final_in_, w_.lnf_gamma(), mean_f_, rstd_f_, dx, scratch_g,
                             scratch_b);
     }
     for (int l = cfg_.layers - 1; l >= 0; --l) dx = block_backward(l, std::move(dx));
+    if (emb_scale_.size() > 0) dx.array() *= emb_scale_.array();
     if (full()) embedding_backward<T>(dx, tokens_, batch_, seq_, grad_view(0), grad_view(1));
-    scatter_shared_grads();
   }
 
+ public:
   /// \brief A trainable buffer shared across blocks (cross-layer sharing such as MoS pools),
   /// owned by the model: created zero-filled on first use, included in parameters() and
   /// zero_grad(). \throws Error when an existing pool is requested with another size.
@@ -279,6 +340,10 @@ class Gpt {
     cpu::MatrixR<T> probs;                                // [B*H*T x T]
     std::vector<T> mean1, rstd1, mean2, rstd2;            // [n]
     AttentionHooks hooks;
+    // The dropout framework's masks of the last forward (empty where it does not act):
+    std::vector<std::uint8_t> att_keep;  // [B*H*T x T] DropKey / DropAttention keep flags
+    cpu::MatrixR<T> hidden_scale;        // [n x ff] 0 or 1/(1-p) on the FFN hidden
+    cpu::MatrixR<T> out_scale;           // [n x d] on the FFN output
   };
 
   bool full() const { return opts_.mode == TrainMode::full; }
@@ -348,6 +413,7 @@ class Gpt {
     a.att.resize(n, d);
     a.probs.resize(Eigen::Index(batch_) * cfg_.heads * seq_, seq_);
     a.hooks = hooks_.attention ? hooks_.attention(l, batch_, seq_) : AttentionHooks{};
+    attention_masks(l, a);
     attention_forward<T>(a.qkv, batch_, seq_, cfg_.heads, a.att, a.probs, a.hooks);
     cpu::MatrixR<T> proj;
     linear_forward(l, Module::attn_proj, a.att, proj);
@@ -360,9 +426,13 @@ class Gpt {
     linear_forward(l, Module::fc, a.h2, a.f);
     a.g.resize(n, a.f.cols());
     gelu_forward<T>(a.f, a.g);
+    if (hidden_mask(dropout::Position::ffn_hidden, l, a.g.rows(), a.g.cols(), a.hidden_scale))
+      a.g.array() *= a.hidden_scale.array();  // HiddenCut
     if (hooks_.mlp_hidden_forward) hooks_.mlp_hidden_forward(l, a.g);
     cpu::MatrixR<T> mlp;
     linear_forward(l, Module::mlp_proj, a.g, mlp);
+    if (hidden_mask(dropout::Position::ffn_output, l, mlp.rows(), mlp.cols(), a.out_scale))
+      mlp.array() *= a.out_scale.array();
     return a.x_mid + mlp;  // residual
   }
 
@@ -374,8 +444,14 @@ class Gpt {
     std::vector<T> sg(d), sb(d);  // LayerNorm gradients when they do not train
     // MLP: x_out = x_mid + mlp_proj(hook(gelu(fc(ln2(x_mid)))))
     cpu::MatrixR<T> dg, df, dh2;
-    linear_backward(l, Module::mlp_proj, a.g, dx, dg);
+    if (a.out_scale.size() > 0) {
+      const cpu::MatrixR<T> dmlp = dx.array() * a.out_scale.array();
+      linear_backward(l, Module::mlp_proj, a.g, dmlp, dg);
+    } else {
+      linear_backward(l, Module::mlp_proj, a.g, dx, dg);
+    }
     if (hooks_.mlp_hidden_backward) hooks_.mlp_hidden_backward(l, dg);
+    if (a.hidden_scale.size() > 0) dg.array() *= a.hidden_scale.array();
     df.resize(dg.rows(), dg.cols());
     gelu_backward<T>(a.f, dg, df);
     linear_backward(l, Module::fc, a.h2, df, dh2);
@@ -395,6 +471,130 @@ class Gpt {
                           train_ln ? grad_vec(slot(l, 0)) : std::span<T>(sg),
                           train_ln ? grad_vec(slot(l, 1)) : std::span<T>(sb));
     return din;
+  }
+
+  // ---- the dropout framework (methods.md 4) ----
+  dropout::MaskKey mask_key(dropout::Position p, int layer) const {
+    return {opts_.adapter.seed, p, std::uint32_t(layer), pass_.branch, pass_.step};
+  }
+  // The reference pass of a two-pass step: branch 1 (KL), or the deterministic pass (JS).
+  Pass reference_pass(const Pass& pass) const {
+    if (opts_.dropout.compensation == dropout::Compensation::js) return Pass{false, pass.step, 0u};
+    return Pass{pass.training, pass.step, 1u};
+  }
+  Consistency consistency_kind() const {
+    return opts_.dropout.compensation == dropout::Compensation::js ? Consistency::js
+                                                                   : Consistency::symmetric_kl;
+  }
+  // Fills `scale` [rows x cols] with 0 (dropped) or the keep scale when position p acts in
+  // block `layer` during a training pass; otherwise empties it. Returns whether it acts.
+  bool hidden_mask(dropout::Position p, int layer, Eigen::Index rows, Eigen::Index cols,
+                   cpu::MatrixR<T>& scale) const {
+    const dropout::Site* site = opts_.dropout.site(p);
+    const double rate = pass_.training ? opts_.dropout.rate(p, layer, cfg_.layers) : 0.0;
+    if (!site || rate <= 0) {
+      scale.resize(0, 0);
+      return false;
+    }
+    const dropout::MaskKey key = mask_key(p, layer);
+    const T keep = T(dropout::hidden_keep_scale(site->pattern, rate, seq_));
+    scale.resize(rows, cols);
+    for (Eigen::Index r = 0; r < rows; ++r)
+      for (Eigen::Index c = 0; c < cols; ++c)
+        scale(r, c) =
+            dropout::hidden_dropped(key, site->pattern, rate, seq_, cols, r, c) ? T(0) : keep;
+    return true;
+  }
+  // DropKey (logits) or DropAttention (weights) keep flags for block l.
+  void attention_masks(int l, BlockActs& a) {
+    a.att_keep.clear();
+    for (const auto p :
+         {dropout::Position::attention_logits, dropout::Position::attention_weights}) {
+      const dropout::Site* site = opts_.dropout.site(p);
+      const double rate = pass_.training ? opts_.dropout.rate(p, l, cfg_.layers) : 0.0;
+      if (!site || rate <= 0) continue;
+      LORALAB_CHECK(!a.hooks.logit_keep && !a.hooks.weight_keep && !a.hooks.weight_scale,
+                    "[loralab.config] block ", l, ": ModelHooks::attention and the dropout site ",
+                    dropout::position_name(p), " both change attention");
+      const int H = cfg_.heads, Tq = seq_;
+      const dropout::MaskKey key = mask_key(p, l);
+      a.att_keep.resize(std::size_t(batch_) * H * Tq * Tq);
+      for (int b = 0; b < batch_; ++b)
+        for (int h = 0; h < H; ++h)
+          for (int i = 0; i < Tq; ++i)
+            for (int j = 0; j < Tq; ++j)
+              a.att_keep[((std::size_t(b) * H + h) * Tq + i) * Tq + j] =
+                  dropout::attention_dropped(key, site->pattern, rate, H, Tq, b, h, i, j) ? 0 : 1;
+      if (p == dropout::Position::attention_logits) {
+        a.hooks.logit_keep = a.att_keep.data();
+      } else {
+        a.hooks.weight_keep = a.att_keep.data();
+        a.hooks.normalizer_stop_gradient = site->stop_gradient;
+      }
+    }
+  }
+  // DropConnect on the adapters' factors (position adapter_weights): in a training pass, keep
+  // A and B of every adapter in range and scale the kept entries by 1/(1-p), until
+  // restore_drop_connect(). Keyed by the module id (4 * block + module) and the pass.
+  void apply_drop_connect() {
+    const dropout::Site* site = opts_.dropout.site(dropout::Position::adapter_weights);
+    if (!site || !pass_.training || dc_active_) return;
+    dc_saved_.assign(adapters_.size(), {});
+    dc_scale_.assign(adapters_.size(), {});
+    for (std::size_t m = 0; m < adapters_.size(); ++m) {
+      const int l = int(m) / kModulesPerBlock;
+      const double rate = opts_.dropout.rate(dropout::Position::adapter_weights, l, cfg_.layers);
+      if (!adapters_[m] || rate <= 0) continue;
+      auto* a = adapters_[m].get();
+      auto v = a->factor_values();
+      const Eigen::Index r = a->rank(), in = a->in_features();
+      const dropout::MaskKey key = mask_key(dropout::Position::adapter_weights, int(m));
+      const T keep = T(1.0 / (1.0 - rate));
+      dc_saved_[m].assign(v.begin(), v.end());
+      dc_scale_[m].resize(v.size());
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        const Eigen::Index e = Eigen::Index(i);
+        // column: one decision per input column of A (all ranks) and per output row of B
+        const std::uint64_t counter = site->pattern == dropout::Pattern::element ? std::uint64_t(e)
+                                      : e < r * in ? std::uint64_t(e % in)
+                                                   : std::uint64_t(in + (e - r * in) / r);
+        dc_scale_[m][i] = dropout::dropped_at(key, counter, rate) ? T(0) : keep;
+        v[i] *= dc_scale_[m][i];
+      }
+      dc_active_ = true;
+    }
+  }
+  void restore_drop_connect() {
+    if (!dc_active_) return;
+    for (std::size_t m = 0; m < adapters_.size(); ++m)
+      if (!dc_saved_[m].empty()) {
+        auto v = adapters_[m]->factor_values();
+        std::copy(dc_saved_[m].begin(), dc_saved_[m].end(), v.begin());
+      }
+    dc_active_ = false;
+  }
+  // Gradient accumulation: the factor gradients of earlier micro-batches are set aside, so the
+  // mask scales only this backward's contribution.
+  void stash_drop_connect_grads() {
+    if (!dc_active_) return;
+    dc_grad_stash_.assign(adapters_.size(), {});
+    for (std::size_t m = 0; m < adapters_.size(); ++m)
+      if (!dc_scale_[m].empty()) {
+        auto g = adapters_[m]->factor_grads();
+        dc_grad_stash_[m].assign(g.begin(), g.end());
+        std::fill(g.begin(), g.end(), T(0));
+      }
+  }
+  // dL/d(factor) = dL/d(dropped factor) .* scale, plus the earlier micro-batches; then restore.
+  void finish_drop_connect() {
+    if (!dc_active_) return;
+    for (std::size_t m = 0; m < adapters_.size(); ++m)
+      if (!dc_scale_[m].empty()) {
+        auto g = adapters_[m]->factor_grads();
+        for (std::size_t i = 0; i < g.size(); ++i)
+          g[i] = g[i] * dc_scale_[m][i] + dc_grad_stash_[m][i];
+      }
+    restore_drop_connect();
   }
 
   // Sharing policies: the plan from the seed, the pools it names (created here, model-owned),
@@ -450,8 +650,14 @@ class Gpt {
   std::vector<std::unique_ptr<cpu::AdaptedLinear<Spec, T>>> adapters_;  // [L x 4], null = none
   std::vector<T> grads_;                                                // full mode: like w_.flat()
   std::map<std::string, SharedPool> pools_;
-  std::optional<share::ShardPlan> plan_;  // sharing policies only
-  std::vector<SharedPool*> plan_pools_;   // plan_->pools[k] lives in pools_ (stable map nodes)
+  std::optional<share::ShardPlan> plan_;    // sharing policies only
+  cpu::MatrixR<T> emb_scale_, head_scale_;  // dropout masks on the embeddings, the head input
+  cpu::MatrixR<T> reference_;               // logits of a two-pass step's reference pass
+  double consistency_ = 0;
+  bool two_pass_ = false;
+  std::vector<std::vector<T>> dc_saved_, dc_scale_, dc_grad_stash_;  // DropConnect
+  bool dc_active_ = false;
+  std::vector<SharedPool*> plan_pools_;  // plan_->pools[k] lives in pools_ (stable map nodes)
   std::vector<bool> trainable_;
   std::vector<BlockActs> acts_;
   std::vector<std::int32_t> tokens_, targets_;

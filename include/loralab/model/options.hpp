@@ -4,6 +4,7 @@
 #pragma once
 
 #include "loralab/adapter.hpp"
+#include "loralab/dropout/config.hpp"
 #include "loralab/model/modules.hpp"
 
 namespace loralab::model {
@@ -21,6 +22,8 @@ struct GptOptions {
   TrainMode mode = TrainMode::adapters;  ///< adapters or full fine-tuning
   ModuleSet targets;                     ///< modules that carry an adapter (default: all four)
   AdapterConfig adapter;                 ///< rank, alpha, dropout, seed of every adapter
+  dropout::Config dropout;  ///< the dropout framework's sites and compensation (default: none);
+                            ///< masks are keyed by adapter.seed
 };
 
 }  // namespace loralab::model
