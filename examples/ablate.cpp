@@ -61,6 +61,10 @@ struct Options {
   // PRoLoRA at rank r with u unshared ranks and m = n copies of the shared chunk.
   int mos_budget = 2, mos_rank = 8, mos_private = 1, mos_shards = 4;
   int prolora_unshared = 1, prolora_multiple = 2;
+  // Dropout arms (methods.md 4.6 [CHOICE]): rate of every dropping site, KL/JS weight, blocks.
+  double drop_rate = 0.1, kl_lambda = 1.0;
+  bool drop_all_layers = false;     // default: the latter half of the blocks (HiddenKey's decoders)
+  std::int64_t train_examples = 0;  // > 0: fine-tune on this many examples only (overfitting)
 };
 
 // The model type of an arm on the chosen device, built in place (models are not movable).
@@ -122,8 +126,11 @@ Task make_synthetic(const Options& o, data::Task target) {
   };
   t.finetune_batch = [=](std::uint64_t seed, std::int64_t step) {
     std::vector<data::Example> ex;
-    for (int i = 0; i < o.batch; ++i)
-      ex.push_back(data::make_example(target, seed, std::uint64_t(step) * o.batch + i, topt));
+    for (int i = 0; i < o.batch; ++i) {
+      std::uint64_t index = std::uint64_t(step) * o.batch + i;
+      if (o.train_examples > 0) index %= std::uint64_t(o.train_examples);  // epochs over a set
+      ex.push_back(data::make_example(target, seed, index, topt));
+    }
     return data::make_batch(ex, len);
   };
   // Held out: a fixed seed no training seed uses, indices far from the training range.
@@ -158,6 +165,13 @@ Task make_fortunes(const Options& o) {
   t.pretrain_batch = [=](std::uint64_t seed, std::int64_t step) {
     return data::lm_batch(split->pretrain.train, o.batch, len, seed, std::uint64_t(step));
   };
+  if (o.train_examples > 0) {  // a prefix of train_examples windows: many epochs over it
+    const std::size_t keep = std::size_t(o.train_examples * len + 1);
+    LORALAB_CHECK(split->finetune.train.size() >= keep, "[loralab.config] --train-examples ",
+                  o.train_examples, " needs ", keep, " bytes of fine-tuning text, have ",
+                  split->finetune.train.size());
+    split->finetune.train.resize(keep);
+  }
   t.finetune_batch = [=](std::uint64_t seed, std::int64_t step) {
     return data::lm_batch(split->finetune.train, o.batch, len, seed, std::uint64_t(step));
   };
@@ -235,8 +249,8 @@ struct Arm {
       run;
 };
 
-// Sets an arm's rank and sharing sizes from the options (default: --rank, no sharing).
-using Configure = std::function<void(const Options&, AdapterConfig&)>;
+// Sets an arm's rank, sharing sizes and dropout from the options (default: --rank, none).
+using Configure = std::function<void(const Options&, model::GptOptions&)>;
 
 template <class Spec>
 Arm make_arm(std::string name, model::TrainMode mode, std::string summary,
@@ -252,7 +266,7 @@ Arm make_arm(std::string name, model::TrainMode mode, std::string summary,
           opts.adapter.rank = o.rank;
           opts.adapter.alpha = o.alpha;
           opts.adapter.seed = seed;
-          if (configure) configure(o, opts.adapter);
+          if (configure) configure(o, opts);
 #if LORALAB_HAS_CUDA
           cuda::reset_device_memory_peak();
 #endif
@@ -300,14 +314,15 @@ std::map<std::string, Arm> make_arms() {
 
   // The sharing axis (methods.md 3): MoS and its ablations at budget e and rank r, pure sharing
   // and LoRA at the same budget, LoRA at rank r and 8e, PRoLoRA.
-  const auto mos = [](const Options& o, AdapterConfig& c) {
+  const auto mos = [](const Options& o, model::GptOptions& g) {
+    AdapterConfig& c = g.adapter;
     c.rank = o.mos_rank;
     c.share.budget_rank = o.mos_budget;
     c.share.private_rank = o.mos_private;
     c.share.shards = o.mos_shards;
   };
   const auto rank = [](int (*of)(const Options&)) {
-    return [of](const Options& o, AdapterConfig& c) { c.rank = of(o); };
+    return [of](const Options& o, model::GptOptions& g) { g.adapter.rank = of(o); };
   };
   add(make_arm<Adapter<DynamicRank, MixtureOfShards<>>>(
       "mos", adapters, "MoS: budget --mos-budget e, rank --mos-rank r", mos));
@@ -322,10 +337,13 @@ std::map<std::string, Arm> make_arms() {
       "mos-no-private", adapters, "MoS without shard privatization (p = 0)", mos));
   add(make_arm<Adapter<DynamicRank, PureSharing>>(
       "pure-share", adapters, "one A/B pair per type for all blocks, rank e*L (MoS's budget)",
-      [](const Options& o, AdapterConfig& c) { c.rank = o.mos_budget * o.model.layers; }));
+      [](const Options& o, model::GptOptions& g) {
+        g.adapter.rank = o.mos_budget * o.model.layers;
+      }));
   add(make_arm<Adapter<DynamicRank, Prolora<>>>(
       "prolora", adapters, "PRoLoRA at rank r (--prolora-unshared u, --prolora-multiple m=n)",
-      [](const Options& o, AdapterConfig& c) {
+      [](const Options& o, model::GptOptions& g) {
+        AdapterConfig& c = g.adapter;
         c.rank = o.mos_rank;
         c.share.unshared_rank = o.prolora_unshared;
         c.share.a_multiple = c.share.b_multiple = o.prolora_multiple;
@@ -336,6 +354,52 @@ std::map<std::string, Arm> make_arms() {
                                      rank([](const Options& o) { return o.mos_rank; })));
   add(make_arm<Adapter<DynamicRank>>("lora-8e", adapters, "LoRA at rank 8e (the paper's claim)",
                                      rank([](const Options& o) { return 8 * o.mos_budget; })));
+
+  // The dropout framework (methods.md 4): one site or preset per arm, at --drop-rate, in the
+  // latter half of the blocks (or every block with --drop-all-layers), on LoRA at --rank.
+  using dropout::Pattern;
+  using dropout::Position;
+  const auto site = [](Position p, Pattern pat, bool stop_gradient = true) {
+    return [=](const Options& o, model::GptOptions& g) {
+      dropout::LayerRange range{o.drop_all_layers ? dropout::LayerRange::Kind::all
+                                                  : dropout::LayerRange::Kind::latter_half,
+                                {}};
+      g.dropout.sites.push_back({p, pat, o.drop_rate, range, stop_gradient});
+    };
+  };
+  const auto preset = [](dropout::Compensation comp) {
+    return [=](const Options& o, model::GptOptions& g) {
+      g.dropout = dropout::hiddenkey(o.drop_rate, o.drop_rate, o.kl_lambda);
+      g.dropout.compensation = comp;
+      if (o.drop_all_layers)
+        for (auto& s : g.dropout.sites) s.layers = {};
+    };
+  };
+  add(make_arm<Adapter<DynamicRank, InputDropout>>(
+      "lora-input-drop", adapters, "LoRA with PEFT's lora_dropout at --drop-rate",
+      [](const Options& o, model::GptOptions& g) { g.adapter.dropout = o.drop_rate; }));
+  add(make_arm<Adapter<DynamicRank>>("dropkey-element", adapters, "DropKey, element pattern",
+                                     site(Position::attention_logits, Pattern::element)));
+  add(make_arm<Adapter<DynamicRank>>("dropkey-column", adapters, "DropKey, column pattern",
+                                     site(Position::attention_logits, Pattern::column)));
+  add(make_arm<Adapter<DynamicRank>>("dropattention", adapters,
+                                     "DropAttention (element, stop-gradient normalizer)",
+                                     site(Position::attention_weights, Pattern::element)));
+  add(make_arm<Adapter<DynamicRank>>("hiddencut-element", adapters,
+                                     "dropout on the FFN hidden, element pattern",
+                                     site(Position::ffn_hidden, Pattern::element)));
+  add(make_arm<Adapter<DynamicRank>>("hiddencut-span", adapters,
+                                     "dropout on the FFN hidden, span pattern",
+                                     site(Position::ffn_hidden, Pattern::span)));
+  add(make_arm<Adapter<DynamicRank>>("hiddenkey-minus", adapters,
+                                     "column DropKey + element HiddenCut, one pass",
+                                     preset(dropout::Compensation::none)));
+  add(make_arm<Adapter<DynamicRank>>("hiddenkey", adapters,
+                                     "HiddenKey: HiddenKey- + bidirectional KL (--kl-lambda)",
+                                     preset(dropout::Compensation::symmetric_kl)));
+  add(make_arm<Adapter<DynamicRank>>("hiddenkey-minus-js", adapters,
+                                     "HiddenKey- + JS against the deterministic pass",
+                                     preset(dropout::Compensation::js)));
   return arms;
 }
 
@@ -356,7 +420,11 @@ void usage(const std::map<std::string, Arm>& arms) {
       "  --arms LIST          comma list of arms (default full,lora,lora-sp), or 'sharing' for\n"
       "                       mos,mos-no-subset,mos-no-dissoc,mos-no-vshard,mos-no-private,"
       "pure-share,\n"
-      "                       prolora,lora-e,lora-r,lora-8e; available:\n");
+      "                       prolora,lora-e,lora-r,lora-8e, or 'dropout' for "
+      "lora,lora-input-drop,\n"
+      "                       dropkey-element,dropkey-column,dropattention,hiddencut-element,\n"
+      "                       hiddencut-span,hiddenkey-minus,hiddenkey,hiddenkey-minus-js; "
+      "available:\n");
   for (const auto& [name, arm] : arms)
     std::printf("                         %-15s %s\n", name.c_str(), arm.summary.c_str());
   std::printf(
@@ -385,6 +453,11 @@ void usage(const std::map<std::string, Arm>& arms) {
       "  --mos-budget E --mos-rank R --mos-private P --mos-shards L\n"
       "                       MoS sizes (default 2, 8, 1, 4; methods.md 3.9)\n"
       "  --prolora-unshared U --prolora-multiple M   PRoLoRA sizes (default 1, 2)\n"
+      "  --drop-rate P        rate of every dropout arm's sites (default 0.1)\n"
+      "  --kl-lambda W        weight of the KL / JS consistency loss (default 1)\n"
+      "  --drop-all-layers    dropout arms act in every block (default: the latter half)\n"
+      "  --train-examples N   fine-tune on N examples only (synthetic) or N windows of text\n"
+      "                       (fortunes), for many epochs: the regime where LoRA overfits\n"
       "  --no-plot            skip curves.png\n");
 }
 
@@ -411,6 +484,10 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
       if (o.arms == std::vector<std::string>{"sharing"})
         o.arms = {"mos",        "mos-no-subset", "mos-no-dissoc", "mos-no-vshard", "mos-no-private",
                   "pure-share", "prolora",       "lora-e",        "lora-r",        "lora-8e"};
+      if (o.arms == std::vector<std::string>{"dropout"})
+        o.arms = {"lora",          "lora-input-drop",   "dropkey-element", "dropkey-column",
+                  "dropattention", "hiddencut-element", "hiddencut-span",  "hiddenkey-minus",
+                  "hiddenkey",     "hiddenkey-minus-js"};
     } else if (a == "--mos-budget")
       o.mos_budget = std::stoi(value());
     else if (a == "--mos-rank")
@@ -423,6 +500,14 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
       o.prolora_unshared = std::stoi(value());
     else if (a == "--prolora-multiple")
       o.prolora_multiple = std::stoi(value());
+    else if (a == "--drop-rate")
+      o.drop_rate = std::stod(value());
+    else if (a == "--kl-lambda")
+      o.kl_lambda = std::stod(value());
+    else if (a == "--drop-all-layers")
+      o.drop_all_layers = true;
+    else if (a == "--train-examples")
+      o.train_examples = std::stoll(value());
     else if (a == "--rank")
       o.rank = std::stoi(value());
     else if (a == "--alpha")
@@ -522,7 +607,7 @@ int main(int argc, char** argv) {
     const bool gpu = o.device == "cuda";
     std::printf("device: %s%s\n", o.device.c_str(),
                 gpu ? (" (" + o.dtype + (o.recompute ? ", recompute" : "") + ")").c_str() : "");
-    std::printf("%-14s %4s %12s %12s %14s %22s %10s%s\n", "arm", "rank", "trainable", "optim bytes",
+    std::printf("%-18s %4s %12s %12s %14s %22s %10s%s\n", "arm", "rank", "trainable", "optim bytes",
                 "memory bytes", (task.metric_name + " (mean +- sd)").c_str(), "tok/s",
                 gpu ? "  peak device bytes" : "");
     for (const auto& name : o.arms) {
@@ -552,7 +637,7 @@ int main(int argc, char** argv) {
       const std::int64_t memory = base_bytes + last.memory.total_bytes() -
                                   last.memory.optimizer_state_bytes + last.optimizer_bytes;
       const std::string rank = last.rank > 0 ? std::to_string(last.rank) : "-";
-      std::printf("%-14s %4s %12lld %12lld %14lld %14.4f +- %.4f %10.0f", name.c_str(),
+      std::printf("%-18s %4s %12lld %12lld %14lld %14.4f +- %.4f %10.0f", name.c_str(),
                   rank.c_str(), static_cast<long long>(last.memory.trainable_params),
                   static_cast<long long>(last.optimizer_bytes), static_cast<long long>(memory),
                   mean, std::sqrt(var), tps);

@@ -136,11 +136,15 @@ class Trainer {
     std::ofstream csv = open_csv(result.resumed_from > 0);
     for (; step < cfg_.steps; ++step) {
       model_.zero_grad();
-      double step_loss = 0;
+      double step_loss = 0, step_consistency = 0;
       for (int micro = 0; micro < cfg_.grad_accum; ++micro) {
         const data::Batch b = next_batch_(step, micro);
+        // A model with a dropout compensation runs its second pass inside forward (and, for
+        // both-branch KL, inside backward): its cost shows in the tokens/s below.
         step_loss += model_.forward(b.tokens, b.targets, int(b.batch), int(b.length),
                                     Pass{true, std::uint64_t(step) * cfg_.grad_accum + micro});
+        if constexpr (requires { model_.consistency(); })
+          step_consistency += model_.consistency() / cfg_.grad_accum;
         model_.backward();
         tokens += double(b.batch * b.length);
       }
@@ -165,9 +169,12 @@ class Trainer {
           (std::chrono::duration<double>(now - last_print).count() > 2.0 || done == cfg_.steps)) {
         last_print = now;
         const double per_step = elapsed / double(done - result.resumed_from);
-        std::fprintf(stderr, "[%s] step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %.0fs\n",
+        char consistency[48] = "";
+        if (step_consistency > 0)
+          std::snprintf(consistency, sizeof consistency, "  consistency %.4f", step_consistency);
+        std::fprintf(stderr, "[%s] step %lld/%lld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %.0fs\n",
                      cfg_.label.c_str(), static_cast<long long>(done),
-                     static_cast<long long>(cfg_.steps), step_loss, lr,
+                     static_cast<long long>(cfg_.steps), step_loss, consistency, lr,
                      tokens / std::max(elapsed, 1e-9), per_step * double(cfg_.steps - done));
       }
       if (done % cfg_.eval_every == 0 || done == cfg_.steps) {
