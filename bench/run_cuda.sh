@@ -11,6 +11,9 @@
 #  3. Sharing schemes: bench_share_cuda in bf16, forward + backward time of MoS, pure sharing and
 #     PRoLoRA over LoRA's at the same rank on the GPT-2 124M shape at context 128, one JSON line
 #     per scheme in OUTDIR/share.jsonl (informative: no target, does not change the exit status).
+#  4. Dropout framework: bench_dropout_cuda in bf16, forward + backward time of HiddenKey-,
+#     HiddenKey (second forward for the KL) and HiddenKey with both branches over plain LoRA's on
+#     the same shape, one JSON line per arm in OUTDIR/dropout.jsonl (informative, like 3.).
 # Needs a CUDA device, and for the peers a Python with PyTorch (CUDA build), transformers and
 # peft: PYTHON=/path/to/python to choose it. About 3 to 6 minutes on an H100 once built.
 # Usage: bench/run_cuda.sh [output directory, default build/default/bench-results-cuda]
@@ -102,5 +105,19 @@ if [ "$share_status" -ne 0 ]; then
   echo "[bench] bench_share_cuda failed with status $share_status" >&2
 else
   cat "$out/share.jsonl"
+fi
+
+# ---- 4. dropout framework over LoRA ----------------------------------------------------------
+echo "[bench] HiddenKey over LoRA (forward + backward, bf16, GPT-2 124M shape, T=128)" >&2
+dropout_status=0
+cmake --build "$root/build/default" --target bench_dropout_cuda >&2 || dropout_status=$?
+if [ "$dropout_status" -eq 0 ]; then
+  timeout "$arm_timeout" "$root/build/default/bench/bench_dropout_cuda" --dtype bf16 --json \
+    > "$out/dropout.jsonl" || dropout_status=$?
+fi
+if [ "$dropout_status" -ne 0 ]; then
+  echo "[bench] bench_dropout_cuda failed with status $dropout_status" >&2
+else
+  cat "$out/dropout.jsonl"
 fi
 exit "$status"

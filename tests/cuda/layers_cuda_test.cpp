@@ -348,7 +348,9 @@ TEST_CASE_TEMPLATE("cuda cross-entropy forward/backward match the CPU, with igno
 
 namespace {
 
-enum class Hooks { none, keep, scale };
+// keep: DropKey (logit_keep); scale: weight_scale; drop_attention / drop_attention_grad:
+// DropAttention (weight_keep) with and without the stop-gradient on the normalizer.
+enum class Hooks { none, keep, scale, drop_attention, drop_attention_grad };
 
 template <class T>
 void attention_case(int batch, int seq, int heads, int hd, Hooks mode,
@@ -370,7 +372,8 @@ void attention_case(int batch, int seq, int heads, int hd, Hooks mode,
   std::vector<std::uint8_t> keep;
   std::vector<float> omega;
   const Eigen::Index dropped_row = ((batch - 1) * heads + heads - 1) * Eigen::Index(seq) + seq / 2;
-  if (mode == Hooks::keep) {
+  const bool drop_attention = mode == Hooks::drop_attention || mode == Hooks::drop_attention_grad;
+  if (mode == Hooks::keep || drop_attention) {
     keep.resize(std::size_t(rows) * seq);
     const MatrixR<double> u = uniform(rows, seq, 0.0, 1.0);
     for (std::size_t e = 0; e < keep.size(); ++e) keep[e] = u.data()[e] < 0.8 ? 1 : 0;
@@ -385,8 +388,15 @@ void attention_case(int batch, int seq, int heads, int hd, Hooks mode,
   DeviceBuffer<float> d_omega;
   if (!keep.empty()) {
     d_keep = vector_to_device(keep);
-    host_hooks.logit_keep = keep.data();
-    dev_hooks.logit_keep = d_keep.data();
+    if (drop_attention) {
+      host_hooks.weight_keep = keep.data();
+      dev_hooks.weight_keep = d_keep.data();
+      host_hooks.normalizer_stop_gradient = dev_hooks.normalizer_stop_gradient =
+          mode == Hooks::drop_attention;
+    } else {
+      host_hooks.logit_keep = keep.data();
+      dev_hooks.logit_keep = d_keep.data();
+    }
   }
   if (!omega.empty()) {
     d_omega = vector_to_device(omega);
@@ -417,17 +427,19 @@ void attention_case(int batch, int seq, int heads, int hd, Hooks mode,
   check_close(dqkv.middleCols(d, d), dqkv_ref.middleCols(d, d), tol, "dk");
   check_close(dqkv.rightCols(d), dqkv_ref.rightCols(d), tol, "dv");
 
-  // Exact zeros: above the diagonal, at dropped keys, and the all-dropped row; nothing NaN.
+  // Exact zeros: above the diagonal, at dropped keys (DropKey; DropAttention's probs are the
+  // softmax before the drop), and the all-dropped row's output and dq; nothing NaN.
   CHECK(cpu::all_finite(out));
   CHECK(cpu::all_finite(probs));
   CHECK(cpu::all_finite(dqkv));
   for (Eigen::Index r = 0; r < rows; ++r)
     for (Eigen::Index j = 0; j < seq; ++j) {
-      const bool dropped = !keep.empty() && keep[std::size_t(r * seq + j)] == 0;
+      const bool dropped =
+          mode == Hooks::keep && !keep.empty() && keep[std::size_t(r * seq + j)] == 0;
       if (j > r % seq || dropped) CHECK(probs(r, j) == 0.0);
     }
-  if (mode == Hooks::keep) {
-    CHECK(probs.row(dropped_row).cwiseAbs().maxCoeff() == 0.0);
+  if (mode == Hooks::keep || drop_attention) {
+    if (mode == Hooks::keep) CHECK(probs.row(dropped_row).cwiseAbs().maxCoeff() == 0.0);
     const Eigen::Index b = batch - 1, h = heads - 1, i = seq / 2;
     CHECK(out.block(b * seq + i, h * hd, 1, hd).cwiseAbs().maxCoeff() == 0.0);
     CHECK(dqkv.block(b * seq + i, h * hd, 1, hd).cwiseAbs().maxCoeff() == 0.0);  // dq of that row
@@ -445,8 +457,57 @@ TEST_CASE_TEMPLATE("cuda attention forward/backward match the CPU, with and with
   };
   for (int pass = 0; pass < 2; ++pass)
     for (const Shape s : {Shape{2, 5, 2, 8}, Shape{1, 17, 3, 12}, Shape{3, 33, 4, 16}})
-      for (const Hooks mode : {Hooks::none, Hooks::keep, Hooks::scale})
+      for (const Hooks mode : {Hooks::none, Hooks::keep, Hooks::scale, Hooks::drop_attention,
+                               Hooks::drop_attention_grad})
         attention_case<T>(s.batch, s.seq, s.heads, s.hd, mode, scratch, blas);
+}
+
+TEST_CASE("cuda DropAttention without the stop-gradient has DropKey's output and gradient") {
+  // methods.md 4.4: for one mask both forwards agree, and back-propagating through DropAttention's
+  // normalizer gives exactly DropKey's gradient; with the stop-gradient the gradients differ.
+  cuda::BlasHandle blas;
+  dm::AttentionScratch<float> scratch;
+  const int batch = 2, seq = 9, heads = 2, hd = 4, d = heads * hd;
+  const Eigen::Index bt = Eigen::Index(batch) * seq, rows = bt * heads;
+  seed(40);
+  const MatrixR<double> qkv = uniform(bt, 3 * d, -2.0, 2.0), dout = uniform(bt, d);
+  std::vector<std::uint8_t> keep(std::size_t(rows) * seq);
+  const MatrixR<double> u = uniform(rows, seq, 0.0, 1.0);
+  for (std::size_t e = 0; e < keep.size(); ++e) keep[e] = u.data()[e] < 0.7 ? 1 : 0;
+  for (int j = 0; j <= 3; ++j) keep[3 * std::size_t(seq) + j] = 0;  // row 3: every key dropped
+  DeviceBuffer<std::uint8_t> d_keep = vector_to_device(keep);
+  DeviceBuffer<float> d_qkv = to_device<float>(qkv), d_dout = to_device<float>(dout);
+  auto run = [&](const model::AttentionHooks& hooks, MatrixR<double>& out, MatrixR<double>& dqkv) {
+    DeviceBuffer<float> d_out(std::size_t(bt) * d), d_probs(std::size_t(rows) * seq),
+        d_dqkv(std::size_t(bt) * 3 * d);
+    dm::attention_forward<float>(d_qkv.data(), batch, seq, heads, d, d_out.data(), d_probs.data(),
+                                 hooks, scratch, blas.get(), nullptr);
+    dm::attention_backward<float>(d_dout.data(), d_qkv.data(), d_probs.data(), batch, seq, heads, d,
+                                  d_dqkv.data(), hooks, scratch, blas.get(), nullptr);
+    out = from_device(d_out, bt, d);
+    dqkv = from_device(d_dqkv, bt, 3 * d);
+  };
+  model::AttentionHooks drop_key, through, stopped;
+  drop_key.logit_keep = d_keep.data();
+  through.weight_keep = stopped.weight_keep = d_keep.data();
+  through.normalizer_stop_gradient = false;
+  MatrixR<double> out_k, dqkv_k, out_t, dqkv_t, out_s, dqkv_s;
+  run(drop_key, out_k, dqkv_k);
+  run(through, out_t, dqkv_t);
+  run(stopped, out_s, dqkv_s);
+  check_close(out_t, out_k, kF32Elementwise, "DropAttention output vs DropKey's");
+  check_close(out_s, out_k, kF32Elementwise, "DropAttention (stop-gradient) output vs DropKey's");
+  check_close(dqkv_t, dqkv_k, kF32Tolerance, "DropAttention gradient through S vs DropKey's");
+  CHECK((dqkv_s.leftCols(2 * d) - dqkv_k.leftCols(2 * d)).cwiseAbs().maxCoeff() >
+        1e-3 * dqkv_k.leftCols(2 * d).cwiseAbs().maxCoeff());  // the stop-gradient changes dQ, dK
+  const std::string both = testing::error_of([&] {
+    model::AttentionHooks bad;
+    bad.weight_keep = d_keep.data();
+    bad.weight_scale = reinterpret_cast<const float*>(d_qkv.data());
+    MatrixR<double> o, g;
+    run(bad, o, g);
+  });
+  CHECK(both.find("[loralab.config] attention_forward") != std::string::npos);
 }
 
 TEST_CASE("cuda layers reject bad arguments on the host, naming the launcher") {

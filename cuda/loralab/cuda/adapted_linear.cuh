@@ -17,6 +17,7 @@
 
 #include "loralab/core/philox.hpp"
 #include "loralab/cuda/adapted_linear.hpp"
+#include "loralab/cuda/dropout/masks.hpp"
 
 namespace loralab::cuda {
 namespace kernels {
@@ -72,6 +73,14 @@ __global__ void input_dropout(const T* __restrict__ x, T* __restrict__ out, std:
       store(out, e, kAccumulate ? load(out, e) + v : v);
     }
   }
+}
+
+// y += x over `total` entries (the masked G_U A of a branch-input mask into dX).
+template <class T>
+__global__ void add_into(T* __restrict__ y, const T* __restrict__ x, std::int64_t total) {
+  for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += std::int64_t(gridDim.x) * blockDim.x)
+    store(y, e, load(y, e) + load(x, e));
 }
 
 // Frozen gradients were 0 and stay exactly 0 (the CPU adapter does the same after each backward).
@@ -182,9 +191,8 @@ void LinearCore<T>::require_finite(const T* x, std::int64_t rows, std::int64_t c
 }
 
 template <DeviceScalar T>
-void LinearCore<T>::input_dropout(const T* X, T* H, std::int64_t n, std::uint64_t step) {
-  const std::uint64_t stream =
-      make_stream(RngPurpose::input_dropout, cfg_.module_id, static_cast<std::uint32_t>(step));
+void LinearCore<T>::input_dropout(const T* X, T* H, std::int64_t n, const Pass& pass) {
+  const std::uint64_t stream = input_dropout_stream(cfg_.module_id, pass);  // the CPU's stream
   const std::int64_t total = n * in_;
   kernels::input_dropout<T, false>
       <<<kernels::blocks_for((total + 3) / 4), kernels::kThreads, 0, stream_>>>(
@@ -214,9 +222,15 @@ void LinearCore<T>::forward(const T* X, T* Y, std::int64_t n, Pass pass) {
   const T* B = A + a_size();
   U_.reserve_discard(std::size_t(n) * rank_);
   const T* H = X;
-  if (flags_.input_dropout && pass.training && cfg_.dropout > 0.0) {
+  last_mask_ = pass.training ? input_mask_ : BranchInputMask{};
+  if (last_mask_.rate > 0.0) {  // the model's adapter_input site replaces the policy's mask
     H_.reserve_discard(std::size_t(n) * in_);
-    input_dropout(X, H_.data(), n, pass.step);
+    hidden_dropout<T>(X, H_.data(), n, in_, last_mask_.key, last_mask_.pattern, last_mask_.rate,
+                      last_mask_.seq, stream_);
+    H = H_.data();
+  } else if (flags_.input_dropout && pass.training && cfg_.dropout > 0.0) {
+    H_.reserve_discard(std::size_t(n) * in_);
+    input_dropout(X, H_.data(), n, pass);
     H = H_.data();
   }
   gemm_row_major(h, false, true, n, rank_, in_, 1.0f, H, kT, in_, A, kT, in_, 0.0f, U_.data(), kT,
@@ -241,7 +255,8 @@ void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n, boo
   const T* B = A + a_size();
   float* dA = grads_.data();
   float* dB = dA + a_size();
-  const bool dropout = flags_.input_dropout && last_pass_.training && cfg_.dropout > 0.0;
+  const bool site = last_mask_.rate > 0.0;  // the model's branch-input mask of that forward
+  const bool dropout = site || (flags_.input_dropout && last_pass_.training && cfg_.dropout > 0.0);
   GU_.reserve_discard(std::size_t(n) * rank_);
   gemm_row_major(h, false, false, n, rank_, out_, scale_, GY, kT, out_, B, kT, rank_, 0.0f,
                  GU_.data(), kT,
@@ -252,8 +267,12 @@ void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n, boo
                    rank_);  // dB += s dY^T U [out x r], fp32
   if (param_grads && !flags_.freeze_a) {
     const T* H = X;
-    if (dropout) {  // regenerate the mask from Philox instead of storing it
-      input_dropout(X, H_.data(), n, last_pass_.step);
+    if (site) {  // regenerate the mask from Philox instead of storing it
+      hidden_dropout<T>(X, H_.data(), n, in_, last_mask_.key, last_mask_.pattern, last_mask_.rate,
+                        last_mask_.seq, stream_);
+      H = H_.data();
+    } else if (dropout) {
+      input_dropout(X, H_.data(), n, last_pass_);
       H = H_.data();
     }
     gemm_row_major(h, true, false, rank_, in_, n, 1.0f, GU_.data(), kT, rank_, H, kT, in_, 1.0f, dA,
@@ -273,8 +292,15 @@ void LinearCore<T>::backward(const T* X, const T* GY, T* dX, std::int64_t n, boo
     H_.reserve_discard(std::size_t(n) * in_);
     gemm_row_major(h, false, false, n, in_, rank_, 1.0f, GU_.data(), kT, rank_, A, kT, in_, 0.0f,
                    H_.data(), kT, in_);
-    const std::uint64_t stream = make_stream(RngPurpose::input_dropout, cfg_.module_id,
-                                             static_cast<std::uint32_t>(last_pass_.step));
+    if (site) {  // dX += (G_U A) .* M
+      hidden_dropout<T>(H_.data(), H_.data(), n, in_, last_mask_.key, last_mask_.pattern,
+                        last_mask_.rate, last_mask_.seq, stream_);
+      kernels::add_into<T>
+          <<<kernels::blocks_for(n * in_), kernels::kThreads, 0, stream_>>>(dX, H_.data(), n * in_);
+      LORALAB_CUDA_CHECK(cudaGetLastError());
+      return;
+    }
+    const std::uint64_t stream = input_dropout_stream(cfg_.module_id, last_pass_);
     const std::int64_t total = n * in_;
     kernels::input_dropout<T, true>
         <<<kernels::blocks_for((total + 3) / 4), kernels::kThreads, 0, stream_>>>(

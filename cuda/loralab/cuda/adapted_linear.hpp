@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "loralab/adapter.hpp"
@@ -19,6 +20,7 @@
 #include "loralab/cuda/bf16.hpp"
 #include "loralab/cuda/blas.hpp"
 #include "loralab/cuda/device_buffer.hpp"
+#include "loralab/dropout/masks.hpp"
 
 namespace loralab::cuda {
 
@@ -30,6 +32,18 @@ struct LinearFlags {
   bool has_mask = false;       ///< RandomMask: zero frozen gradients
   bool freeze_a = false;       ///< FreezeA: no dA, X not needed for it
   bool input_dropout = false;  ///< InputDropout: H = X .* D / (1-p) in train mode
+};
+
+/// \ingroup cuda
+/// \brief A model-level mask on an adapter's branch input: the dropout framework's adapter_input
+/// site (any pattern), the device mirror of cpu::AdaptedLinear::set_input_multiplier. The branch
+/// sees X .* M with M = 0 where dropout::hidden_dropped(key, pattern, rate, seq, in, row, col)
+/// and dropout::hidden_keep_scale(pattern, rate, seq) elsewhere, drawn on the device.
+struct BranchInputMask {
+  dropout::MaskKey key{};  ///< position adapter_input, module id, pass
+  dropout::Pattern pattern = dropout::Pattern::element;  ///< how entries are grouped
+  double rate = 0;                                       ///< p; 0 = no mask
+  int seq = 1;                                           ///< tokens per example (rows are b*T + t)
 };
 
 /// \ingroup cuda
@@ -54,6 +68,10 @@ class LinearCore {
   std::vector<std::uint8_t> mask_host() const { return mask_.to_host(stream_); }
   /// \brief Recomputes the T copy of A and B from the fp32 master (no-op for fp32).
   void refresh_compute_copy();
+  /// \brief Sets (rate > 0) or clears (rate 0) the branch-input mask of the following forwards;
+  /// in a training pass it replaces the InputDropout policy's mask, and the backward of that
+  /// forward regenerates it (nothing of size [n x in] is stored).
+  void set_input_mask(const BranchInputMask& mask) { input_mask_ = mask; }
   /// \brief Y = X W^T + b + s drop(X) A^T B^T; keeps U for backward.
   void forward(const T* X, T* Y, std::int64_t n, Pass pass);
   /// \brief Accumulates dA, dB (fp32; frozen entries exactly 0) unless `param_grads` is false
@@ -77,11 +95,26 @@ class LinearCore {
   std::int64_t out_features() const { return out_; }
   /// \brief The stream every launch goes to.
   cudaStream_t stream() const { return stream_; }
+  /// \brief The rank r.
+  int rank() const { return rank_; }
+  /// \brief Device fp32 master of A then B, r*in + out*r entries (DropConnect and sharing write
+  /// it in place; keep the compute copy in step, see factor_copy()).
+  float* factor_values() { return params_.data(); }
+  /// \brief Device bf16 copy of factor_values() that the GEMMs read, or null for fp32.
+  bf16* factor_copy() {
+    if constexpr (std::is_same_v<T, bf16>) {
+      return compute_.data();
+    } else {
+      return nullptr;
+    }
+  }
+  /// \brief Device fp32 gradients dA then dB (the layout of factor_values()).
+  float* factor_grads() { return grads_.data(); }
 
  private:
   std::int64_t a_size() const { return std::int64_t(rank_) * in_; }
   void require_finite(const T* x, std::int64_t rows, std::int64_t cols, const char* what);
-  void input_dropout(const T* X, T* H, std::int64_t n, std::uint64_t step);
+  void input_dropout(const T* X, T* H, std::int64_t n, const Pass& pass);
 
   T* weight_;
   const T* bias_;
@@ -103,6 +136,8 @@ class LinearCore {
   std::int64_t trainable_ = 0;                  // entries the optimizer may move (from the mask)
   Pass last_pass_{};
   std::int64_t saved_rows_ = -1;
+  BranchInputMask input_mask_{};  // set by the model per forward (adapter_input site)
+  BranchInputMask last_mask_{};   // the mask the last forward applied (rate 0: none)
 };
 
 #ifndef LORALAB_CUDA_COMPILING_INSTANCES

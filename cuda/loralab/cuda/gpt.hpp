@@ -20,6 +20,7 @@
 #include "loralab/cuda/gpt_core.hpp"
 #include "loralab/cuda/optimizer.hpp"
 #include "loralab/cuda/shard_pools.hpp"
+#include "loralab/dropout/config.hpp"
 #include "loralab/model/gpt.hpp"
 #include "loralab/model/weights.hpp"
 #include "loralab/share/shard_plan.hpp"
@@ -33,6 +34,8 @@ namespace loralab::cuda {
 /// policy (MoS, pure sharing, PRoLoRA) the model owns fp32 pools named as on the CPU
 /// ("share." + pool name, same initial values), assembles every adapter's A_i, B_i from them at
 /// each forward and scatters the factor gradients into them after each backward (ShardPools).
+/// The dropout framework (GptOptions::dropout: sites, patterns, layer ranges, the two-pass KL /
+/// JS compensation) runs on the device with model::Gpt's masks bit for bit (GptCore).
 /// \tparam Spec the adapter type of every targeted module. \tparam T float or bf16.
 template <AdapterSpec Spec, DeviceScalar T>
 class Gpt {
@@ -41,27 +44,16 @@ class Gpt {
   using optimizer_type = DeviceOptimizer;
 
   /// \brief Uploads `weights` and builds the adapters of `opts` (adapter mode).
-  /// \throws Error on a bad configuration, as model::Gpt.
+  /// \throws Error on a bad configuration, as model::Gpt (the dropout configuration is checked
+  /// with dropout::validate before anything is uploaded).
   Gpt(const model::GptWeights<float>& weights, const model::GptOptions& opts,
       const GptDeviceOptions& device = {})
-      : opts_(opts), core_(weights.config(), weights.flat(), opts.mode, device) {
+      : opts_(checked(opts, weights.config())),
+        core_(weights.config(), weights.flat(), opts.mode, device) {
     const model::GptConfig& cfg = core_.config();
     adapters_.resize(std::size_t(cfg.layers) * model::kModulesPerBlock);
-    if (opts.mode == model::TrainMode::full) return;
-    for (int l = 0; l < cfg.layers; ++l)
-      for (int m = 0; m < model::kModulesPerBlock; ++m) {
-        const auto mod = static_cast<model::Module>(m);
-        if (!opts.targets.contains(mod)) continue;
-        AdapterConfig c = opts.adapter;
-        c.module_id = static_cast<std::uint32_t>(model::kModulesPerBlock * l + m);
-        c.check_finite = false;  // the model checks its token ids instead (no sync per linear)
-        const model::TensorSlot& s = weights.slots()[model::weight_slot(l, mod)];
-        auto a = std::make_unique<AdaptedLinear<Spec, T>>(core_.weight(l, mod), s.rows, s.cols,
-                                                          core_.bias(l, mod), c, core_.stream());
-        core_.attach(l, mod, &a->core());
-        adapters_[std::size_t(l) * model::kModulesPerBlock + std::size_t(m)] = std::move(a);
-      }
-    if constexpr (Spec::shares_factors) build_shared_factors(weights);
+    if (opts.mode != model::TrainMode::full) build_adapters(weights);
+    core_.configure_dropout(opts_.dropout, opts_.adapter.seed);  // after the adapters exist
   }
 
   /// \brief The configuration.
@@ -115,6 +107,9 @@ class Gpt {
     sync_shared_factors();  // pools may have moved since the last forward
     return core_.forward(tokens, targets, batch, seq, pass);
   }
+  /// \brief The consistency loss (KL or JS, unweighted) of the last training forward; 0 without
+  /// a compensation. The objective is forward()'s loss + lambda * this (model::Gpt::consistency).
+  double consistency() const { return core_.consistency(); }
   /// \brief Forward without a loss; returns the logits [batch*seq x V] on the host (fp32).
   std::vector<float> forward_logits(std::span<const std::int32_t> tokens, int batch, int seq,
                                     Pass pass = {}) {
@@ -216,6 +211,38 @@ class Gpt {
   GptCore<T>& core() { return core_; }
 
  private:
+  // Options checked before anything is uploaded (the dropout framework's sites included).
+  static const model::GptOptions& checked(const model::GptOptions& opts,
+                                          const model::GptConfig& cfg) {
+    dropout::validate(opts.dropout, cfg.layers);
+    LORALAB_CHECK(!(Spec::dropout::has_input_dropout && opts.adapter.dropout > 0 &&
+                    opts.dropout.site(dropout::Position::adapter_input)),
+                  "[loralab.config] the dropout site adapter_input and the InputDropout policy "
+                  "(AdapterConfig::dropout=",
+                  opts.adapter.dropout, ") both drop the adapter input; use one");
+    return opts;
+  }
+
+  // One AdaptedLinear per targeted module, module id 4 * layer + module (as model::Gpt), attached
+  // to the core; then the pools of a sharing policy.
+  void build_adapters(const model::GptWeights<float>& weights) {
+    const model::GptOptions& opts = opts_;
+    for (int l = 0; l < config().layers; ++l)
+      for (int m = 0; m < model::kModulesPerBlock; ++m) {
+        const auto mod = static_cast<model::Module>(m);
+        if (!opts.targets.contains(mod)) continue;
+        AdapterConfig c = opts.adapter;
+        c.module_id = static_cast<std::uint32_t>(model::kModulesPerBlock * l + m);
+        c.check_finite = false;  // the model checks its token ids instead (no sync per linear)
+        const model::TensorSlot& s = weights.slots()[model::weight_slot(l, mod)];
+        auto a = std::make_unique<AdaptedLinear<Spec, T>>(core_.weight(l, mod), s.rows, s.cols,
+                                                          core_.bias(l, mod), c, core_.stream());
+        core_.attach(l, mod, &a->core());
+        adapters_[std::size_t(l) * model::kModulesPerBlock + std::size_t(m)] = std::move(a);
+      }
+    if constexpr (Spec::shares_factors) build_shared_factors(weights);
+  }
+
   // Sharing policies, as model::Gpt::build_shared_factors: the plan from the same arguments (so
   // the same tables), the pools it names with the CPU's initial values, the device tables bound
   // to the pools and to every adapter's factor buffers, and the first assembly.

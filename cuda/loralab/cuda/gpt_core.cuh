@@ -16,6 +16,7 @@
 
 #include "loralab/core/error.hpp"
 #include "loralab/cuda/gpt_core.hpp"
+#include "loralab/cuda/gpt_dropout.cuh"
 #include "loralab/cuda/model/layers.hpp"
 
 namespace loralab::cuda {
@@ -140,8 +141,26 @@ double GptCore<T>::forward(std::span<const std::int32_t> tokens,
     ++count_;
   }
   gpt_detail::upload_prefix(targets_, targets, stream_);
+  consistency_ = 0;
+  two_pass_ = pass.training && dropout_.two_pass();
+  double reference_ce = 0;
+  if (two_pass_) {  // the reference first: the main pass's activations must survive for backward
+    run_forward(reference_pass(pass));
+    if (dropout_.backprop_both) reference_ce = task_loss();
+    std::swap(logits_, reference_);  // kept on the device; logits_ is rewritten below
+  }
   run_forward(pass);
-  const std::int64_t n = std::int64_t(batch) * seq;
+  const double ce = task_loss();
+  has_targets_ = true;
+  if (!two_pass_) return ce;
+  consistency_ = consistency_value();
+  // The task loss: branch 0's, or the mean of both branches' when both back-propagate.
+  return dropout_.backprop_both ? 0.5 * (ce + reference_ce) : ce;
+}
+
+template <DeviceScalar T>
+double GptCore<T>::task_loss() {
+  const std::int64_t n = std::int64_t(batch_) * seq_;
   layers::cross_entropy_forward<T>(logits_.data(), targets_.data(), n, cfg_.vocab_size,
                                    gpt_detail::sized(loss_rows_, std::size_t(n)),
                                    gpt_detail::sized(lse_, std::size_t(n)), stream_);
@@ -151,7 +170,6 @@ double GptCore<T>::forward(std::span<const std::int32_t> tokens,
   LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
   double sum = 0;  // in double and in row order, like the CPU
   for (float r : rows) sum += double(r);
-  has_targets_ = true;
   return count_ > 0 ? sum / double(count_) : 0.0;
 }
 
@@ -166,11 +184,13 @@ void GptCore<T>::forward_logits(std::span<const std::int32_t> tokens, int batch,
 template <DeviceScalar T>
 void GptCore<T>::run_forward(Pass pass) {
   pass_ = pass;
+  const bool drop_connect = apply_drop_connect();  // masked factors for this pass only
   const std::int64_t n = std::int64_t(batch_) * seq_;
   const int d = cfg_.d_model, V = cfg_.vocab_size;
   const std::size_t nd = std::size_t(n) * std::size_t(d);
-  layers::embedding_forward<T>(tokens_.data(), w(0), w(1), gpt_detail::sized(acts_[0].x_in, nd),
-                               batch_, seq_, d, stream_);
+  T* x0 = gpt_detail::sized(acts_[0].x_in, nd);
+  layers::embedding_forward<T>(tokens_.data(), w(0), w(1), x0, batch_, seq_, d, stream_);
+  drop_hidden(dropout::Position::embeddings, 0, x0, x0, n, d);
   for (int l = 0; l < cfg_.layers; ++l) {
     T* out = l + 1 < cfg_.layers ? gpt_detail::sized(acts_[std::size_t(l) + 1].x_in, nd)
                                  : gpt_detail::sized(final_in_, nd);
@@ -180,10 +200,12 @@ void GptCore<T>::run_forward(Pass pass) {
   layers::layernorm_forward<T>(final_in_.data(), w(lnf), w(lnf + 1), float(cfg_.ln_eps),
                                gpt_detail::sized(hf_, nd), gpt_detail::sized(mean_f_, n),
                                gpt_detail::sized(rstd_f_, n), n, d, stream_);
+  drop_hidden(dropout::Position::head_input, 0, hf_.data(), hf_.data(), n, d);
   constexpr cudaDataType_t kT = data_type<T>();
   gemm_row_major(blas_.get(), false, true, n, V, d, 1.0f, hf_.data(), kT, d, w(0), kT, d, 0.0f,
                  gpt_detail::sized(logits_, std::size_t(n) * V), kT,
-                 V);  // logits = hf wte^T (tied head)
+                 V);                           // logits = hf wte^T (tied head)
+  if (drop_connect) drop_connect_->restore();  // the parameters hold their own values again
 }
 
 template <DeviceScalar T>
@@ -192,6 +214,7 @@ void GptCore<T>::linear_forward(int l, model::Module m, const T* X, T* Y) {
   const model::TensorSlot& s = slots_[model::weight_slot(l, m)];
   const std::int64_t out = s.rows, in = s.cols;
   if (LinearCore<T>* a = adapters_[std::size_t(l) * model::kModulesPerBlock + std::size_t(m)]) {
+    a->set_input_mask(branch_input_mask(l, m));  // the adapter_input site, or none
     a->forward(X, Y, n, pass_);
     return;
   }
@@ -236,6 +259,7 @@ void GptCore<T>::block_forward(int l, const T* x, T* out) {
                                stream_);
   linear_forward(l, model::Module::qkv, h1, gpt_detail::sized(a.qkv, 3 * nd));
   a.hooks = hooks_.attention ? hooks_.attention(l, batch_, seq_) : model::AttentionHooks{};
+  attention_masks(l, a);  // DropKey / DropAttention sites
   layers::attention_forward<T>(
       a.qkv.data(), batch_, seq_, H, d, gpt_detail::sized(a.att, nd),
       gpt_detail::sized(a.probs, std::size_t(batch_) * H * std::size_t(seq_) * std::size_t(seq_)),
@@ -251,8 +275,10 @@ void GptCore<T>::block_forward(int l, const T* x, T* out) {
   linear_forward(l, model::Module::fc, h2, gpt_detail::sized(a.f, nf));
   T* gout = gpt_detail::sized(opts_.recompute ? rc_g_ : a.g, nf);
   layers::gelu_forward<T>(a.f.data(), gout, std::int64_t(nf), stream_);
+  drop_hidden(dropout::Position::ffn_hidden, l, gout, gout, n, ff);  // HiddenCut
   if (hooks_.mlp_hidden_forward) hooks_.mlp_hidden_forward(l, gout, n, ff, stream_);
   linear_forward(l, model::Module::mlp_proj, gout, out);
+  drop_hidden(dropout::Position::ffn_output, l, out, out, n, d);
   layers::add<T>(mid, out, out, std::int64_t(nd), stream_);  // residual
 }
 
@@ -284,6 +310,7 @@ const T* GptCore<T>::gelu_out(int l) {
   if (!opts_.recompute) return a.g.data();
   const std::int64_t n = std::int64_t(batch_) * seq_, ff = cfg_.ff();
   layers::gelu_forward<T>(a.f.data(), rc_g_.data(), n * ff, stream_);
+  drop_hidden(dropout::Position::ffn_hidden, l, rc_g_.data(), rc_g_.data(), n, ff);
   if (hooks_.mlp_hidden_forward) hooks_.mlp_hidden_forward(l, rc_g_.data(), n, ff, stream_);
   return rc_g_.data();
 }
@@ -299,8 +326,15 @@ void GptCore<T>::block_backward(int l, T* dx) {
       train_ln ? gpt_detail::sized(reduce_, layers::layernorm_backward_scratch(n, d)) : nullptr;
   // MLP, dx = dL/d(block output)
   T* dg = gpt_detail::sized(dg_, nf);
-  linear_backward(l, model::Module::mlp_proj, gelu_out(l), dx, dg);
+  const T* dmlp = dx;  // dL/d(MLP output), masked by an ffn_output site (dx stays the residual's)
+  if (hidden_acts(dropout::Position::ffn_output, l)) {
+    T* masked = gpt_detail::sized(dmlp_, nd);
+    drop_hidden(dropout::Position::ffn_output, l, dx, masked, n, d);
+    dmlp = masked;
+  }
+  linear_backward(l, model::Module::mlp_proj, gelu_out(l), dmlp, dg);
   if (hooks_.mlp_hidden_backward) hooks_.mlp_hidden_backward(l, dg, n, ff, stream_);
+  drop_hidden(dropout::Position::ffn_hidden, l, dg, dg, n, ff);
   layers::gelu_backward<T>(a.f.data(), dg, dg, std::int64_t(nf), stream_);
   T* dh = gpt_detail::sized(dh_, nd);
   linear_backward(l, model::Module::fc, ln2_out(l), dg, dh);
@@ -325,18 +359,54 @@ template <DeviceScalar T>
 void GptCore<T>::backward() {
   LORALAB_CHECK(has_targets_, "[loralab.state] cuda::Gpt::backward without a forward with targets");
   const std::int64_t n = std::int64_t(batch_) * seq_;
+  const int V = cfg_.vocab_size;
+  const float inv = count_ > 0 ? 1.0f / float(count_) : 0.0f;
+  // DropConnect: the masks of the last forward again (keyed by its pass); earlier micro-batches'
+  // factor gradients are set aside so the mask scales only this backward's contribution.
+  const bool drop_connect = apply_drop_connect();
+  if (drop_connect) drop_connect_->stash_grads();
+  // logits_ becomes dL/dlogits in place (the mean over the non-ignored targets)
+  if (two_pass_) {
+    if (dropout_.backprop_both) {
+      const std::size_t count = std::size_t(n) * std::size_t(V);
+      LORALAB_CUDA_CHECK(cudaMemcpyAsync(gpt_detail::sized(branch0_, count), logits_.data(),
+                                         count * sizeof(T), cudaMemcpyDeviceToDevice, stream_));
+    }
+    consistency_grad(dropout_.backprop_both ? 0.5f * inv : inv);
+  } else {
+    layers::cross_entropy_backward<T>(logits_.data(), targets_.data(), lse_.data(), n, V, inv,
+                                      stream_);
+  }
+  backward_from_logits();
+  if (two_pass_ && dropout_.backprop_both) {
+    // R-Drop's both branches: re-run branch 1 (same masks) against branch 0 as the constant,
+    // and back-propagate it too; the two halves sum to the gradient of the symmetric KL.
+    run_forward(reference_pass(pass_));
+    std::swap(reference_, branch0_);
+    layers::cross_entropy_forward<T>(logits_.data(), targets_.data(), n, V, loss_rows_.data(),
+                                     lse_.data(), stream_);
+    layers::consistency_forward<T>(logits_.data(), reference_.data(), targets_.data(), n, V, false,
+                                   cons_rows_.data(), lse_ref_.data(), cons_stat_.data(), stream_);
+    consistency_grad(0.5f * inv);
+    backward_from_logits();
+  }
+  if (drop_connect) drop_connect_->finish();  // dL/dfactor = dL/d(dropped factor) .* scale
+  has_targets_ = false;  // logits_ now hold gradients: a second backward would be wrong
+}
+
+template <DeviceScalar T>
+void GptCore<T>::backward_from_logits() {
+  const std::int64_t n = std::int64_t(batch_) * seq_;
   const int d = cfg_.d_model, V = cfg_.vocab_size;
   const std::size_t nd = std::size_t(n) * std::size_t(d);
   constexpr cudaDataType_t kT = data_type<T>();
-  // logits_ becomes dL/dlogits in place (the mean over the non-ignored targets)
-  layers::cross_entropy_backward<T>(logits_.data(), targets_.data(), lse_.data(), n, V,
-                                    count_ > 0 ? 1.0f / float(count_) : 0.0f, stream_);
   T* dhf = gpt_detail::sized(dh_, nd);
   gemm_row_major(blas_.get(), false, false, n, d, V, 1.0f, logits_.data(), kT, V, w(0), kT, d, 0.0f,
                  dhf, kT, d);  // dhf = dlogits wte
   if (full())
     gemm_row_major(blas_.get(), true, false, V, d, n, 1.0f, logits_.data(), kT, V, hf_.data(), kT,
                    d, 1.0f, g(0), CUDA_R_32F, d);  // dwte += dlogits^T hf (the tied head)
+  drop_hidden(dropout::Position::head_input, 0, dhf, dhf, n, d);
   T* dx = gpt_detail::sized(dx_, nd);
   LORALAB_CUDA_CHECK(cudaMemsetAsync(dx, 0, nd * sizeof(T), stream_));
   const std::size_t lnf = slots_.size() - 2;
@@ -346,9 +416,10 @@ void GptCore<T>::backward() {
       full() ? gpt_detail::sized(reduce_, layers::layernorm_backward_scratch(n, d)) : nullptr,
       stream_);
   for (int l = cfg_.layers - 1; l >= 0; --l) block_backward(l, dx);
-  if (full())
+  if (full()) {
+    drop_hidden(dropout::Position::embeddings, 0, dx, dx, n, d);
     layers::embedding_backward<T>(dx, tokens_.data(), g(0), g(1), batch_, seq_, d, stream_);
-  has_targets_ = false;  // logits_ now hold gradients: a second backward would be wrong
+  }
 }
 
 template <DeviceScalar T>

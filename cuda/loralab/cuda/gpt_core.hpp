@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,7 +23,9 @@
 #include "loralab/cuda/bf16.hpp"
 #include "loralab/cuda/blas.hpp"
 #include "loralab/cuda/device_buffer.hpp"
+#include "loralab/cuda/dropout/masks.hpp"
 #include "loralab/cuda/model/layers.hpp"
+#include "loralab/dropout/config.hpp"
 #include "loralab/model/config.hpp"
 #include "loralab/model/modules.hpp"
 #include "loralab/model/options.hpp"
@@ -93,6 +96,18 @@ class GptCore {
   void attach(int l, model::Module m, LinearCore<T>* adapter);
   /// \brief Hooks of the dropout framework.
   DeviceModelHooks<T>& hooks() { return hooks_; }
+  /// \brief Sets the dropout framework (GptOptions::dropout; checked with dropout::validate) and
+  /// the seed that keys its masks (AdapterConfig::seed, as model::Gpt). Call after the adapters
+  /// are attached (DropConnect records their factor buffers). The masks are generated on the
+  /// device from the shared predicates of dropout/masks.hpp, so they are model::Gpt's bit for
+  /// bit. \throws Error naming the bad site.
+  void configure_dropout(const dropout::Config& config, std::uint64_t seed);
+  /// \brief The consistency loss (KL or JS, unweighted) of the last training forward; 0 without
+  /// a compensation (model::Gpt::consistency).
+  double consistency() const { return consistency_; }
+  /// \brief The attention keep flags [B*H*T x T] the framework drew for block l in the last
+  /// forward (DropKey or DropAttention), on the host; empty where no attention site acted.
+  std::vector<std::uint8_t> attention_keep_host(int l) const;
 
   /// \brief Per-block trainability (layer sampling); the gradient still flows through.
   void set_block_trainable(int l, bool trainable) { trainable_.at(std::size_t(l)) = trainable; }
@@ -136,6 +151,8 @@ class GptCore {
     DeviceBuffer<T> x_in, h1, qkv, att, x_mid, h2, f, g, probs;
     DeviceBuffer<float> mean1, rstd1, mean2, rstd2;
     model::AttentionHooks hooks;
+    DeviceBuffer<std::uint8_t> att_keep;  // [B*H*T x T] the framework's attention keep flags
+    bool att_keep_used = false;           // att_keep holds the last forward's flags
   };
   T* w(std::size_t k);
   float* g(std::size_t k);
@@ -149,6 +166,19 @@ class GptCore {
   const T* ln1_out(int l);
   const T* ln2_out(int l);
   const T* gelu_out(int l);
+  void backward_from_logits();  // from dL/dlogits held in logits_
+  double task_loss();           // cross-entropy of logits_ (rows summed in double)
+  // ---- the dropout framework (gpt_dropout.cuh; methods.md 4) ----
+  dropout::MaskKey mask_key(dropout::Position p, int layer) const;
+  Pass reference_pass(const Pass& pass) const;
+  bool hidden_acts(dropout::Position p, int layer) const;
+  bool drop_hidden(dropout::Position p, int layer, const T* x, T* y, std::int64_t rows,
+                   std::int64_t cols);
+  void attention_masks(int l, BlockActs& a);
+  BranchInputMask branch_input_mask(int l, model::Module m) const;
+  bool apply_drop_connect();
+  double consistency_value();
+  void consistency_grad(float ce_weight);
 
   model::GptConfig cfg_;
   model::TrainMode mode_;
@@ -176,6 +206,16 @@ class GptCore {
   int batch_ = 0, seq_ = 0;
   Pass pass_{};
   bool has_targets_ = false;
+  // the dropout framework
+  dropout::Config dropout_;
+  std::uint64_t seed_ = 0;
+  std::unique_ptr<DropConnect> drop_connect_;  // null without an acting adapter_weights site
+  DeviceBuffer<T> reference_;                  // logits of a two-pass step's reference pass
+  DeviceBuffer<T> branch0_;                    // backprop_both: branch 0's logits
+  DeviceBuffer<T> dmlp_;                       // ffn_output site: the masked gradient [n x d]
+  DeviceBuffer<float> cons_rows_, lse_ref_, cons_stat_;  // [n] per-row consistency terms
+  double consistency_ = 0;
+  bool two_pass_ = false;
 };
 
 #ifndef LORALAB_CUDA_COMPILING_INSTANCES

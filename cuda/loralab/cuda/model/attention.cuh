@@ -45,11 +45,14 @@ __global__ void merge_heads(const T* __restrict__ src, T* __restrict__ dst, std:
 
 // Row r = (b*H + h)*T + i of the scores: softmax over the allowed keys (j <= i, kept), every
 // other entry exactly 0, an all-dropped row all 0 (sum == 0: no division). Writes P to probs
-// and P .* Omega to weighted (the left operand of O = weighted V).
+// and the left operand of O = weighted V to weighted: P .* Omega, or with wkeep (DropAttention)
+// the kept weights renormalized by their sum, exp(s_j - mx) / sum over kept of exp(s_k - mx)
+// (= (P .* keep) / rowsum(P .* keep)); a row with nothing kept is 0.
 template <class T>
 __global__ void causal_softmax_rows(const float* __restrict__ scores,
                                     const std::uint8_t* __restrict__ keep,
-                                    const float* __restrict__ omega, T* __restrict__ probs,
+                                    const float* __restrict__ omega,
+                                    const std::uint8_t* __restrict__ wkeep, T* __restrict__ probs,
                                     T* __restrict__ weighted, std::int64_t rows, int seq) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t r = blockIdx.x * std::int64_t(kRowWarps) + threadIdx.x / kWarp; r < rows;
@@ -60,15 +63,26 @@ __global__ void causal_softmax_rows(const float* __restrict__ scores,
     for (std::int64_t j = lane; j <= i; j += kWarp)
       if (!keep || keep[base + j]) mx = fmaxf(mx, s[j]);
     mx = warp_max(mx);
-    float sum = 0.0f;
+    float sum = 0.0f, kept = 0.0f;
     for (std::int64_t j = lane; j <= i; j += kWarp)
-      if (!keep || keep[base + j]) sum += expf(s[j] - mx);
+      if (!keep || keep[base + j]) {
+        const float e = expf(s[j] - mx);
+        sum += e;
+        if (wkeep && wkeep[base + j]) kept += e;
+      }
     sum = warp_sum(sum);
+    if (wkeep) kept = warp_sum(kept);  // uniform per warp
     for (std::int64_t j = lane; j < seq; j += kWarp) {
       const bool allowed = j <= i && (!keep || keep[base + j]) && sum > 0.0f;
-      const float p = allowed ? expf(s[j] - mx) / sum : 0.0f;
+      const float e = allowed ? expf(s[j] - mx) : 0.0f;
+      const float p = allowed ? e / sum : 0.0f;
       store(probs, base + j, p);
-      store(weighted, base + j, omega ? p * omega[base + j] : p);
+      float wt = p;
+      if (wkeep)
+        wt = allowed && wkeep[base + j] && kept > 0.0f ? e / kept : 0.0f;
+      else if (omega)
+        wt = p * omega[base + j];
+      store(weighted, base + j, wt);
     }
   }
 }
@@ -82,30 +96,73 @@ __global__ void scale_weights(const T* __restrict__ probs, const float* __restri
     store(weighted, e, load(probs, e) * omega[e]);
 }
 
-// Softmax backward per score row: dPs = dP .* Omega, dS = scale P .* (dPs - rowsum(P .* dPs)).
-// Entries with P == 0 (future, dropped, all-dropped rows) get exactly 0, whatever dP holds.
+// DropAttention's weights again in backward, from the saved P: per row S = sum_j keep_j P_j and
+// weighted = (P .* keep) / S (0 where S == 0), as the CPU's drop_attention_weights.
 template <class T>
-__global__ void causal_softmax_backward_rows(const T* __restrict__ probs,
-                                             const float* __restrict__ dp,
-                                             const float* __restrict__ omega, float scale,
-                                             T* __restrict__ ds, std::int64_t rows, int seq) {
+__global__ void drop_attention_weights_rows(const T* __restrict__ probs,
+                                            const std::uint8_t* __restrict__ wkeep,
+                                            T* __restrict__ weighted, std::int64_t rows, int seq) {
   const int lane = threadIdx.x % kWarp;
   for (std::int64_t r = blockIdx.x * std::int64_t(kRowWarps) + threadIdx.x / kWarp; r < rows;
        r += std::int64_t(gridDim.x) * kRowWarps) {
     const std::int64_t i = r % seq, base = r * seq;
+    float sum = 0.0f;
+    for (std::int64_t j = lane; j <= i; j += kWarp)
+      if (wkeep[base + j]) sum += load(probs, base + j);
+    sum = warp_sum(sum);
+    for (std::int64_t j = lane; j < seq; j += kWarp) {
+      const float p = j <= i && wkeep[base + j] && sum > 0.0f ? load(probs, base + j) / sum : 0.0f;
+      store(weighted, base + j, p);
+    }
+  }
+}
+
+// Softmax backward per score row: dS = scale P .* (dPs - rowsum(P .* dPs)), where dPs = dL/dP is
+// dP .* Omega (weight_scale), or with wkeep (DropAttention, S = rowsum(P .* keep), W' its
+// weights) keep .* (dP - c) / S with c = rowsum(dP .* W') when the gradient flows through S and
+// c = 0 under the stop-gradient; a row with S == 0 gets dS = 0. Entries with P == 0 (future,
+// dropped logits, all-dropped rows) get exactly 0, whatever dP holds.
+template <class T>
+__global__ void causal_softmax_backward_rows(const T* __restrict__ probs,
+                                             const float* __restrict__ dp,
+                                             const float* __restrict__ omega,
+                                             const std::uint8_t* __restrict__ wkeep,
+                                             bool stop_gradient, float scale, T* __restrict__ ds,
+                                             std::int64_t rows, int seq) {
+  const int lane = threadIdx.x % kWarp;
+  for (std::int64_t r = blockIdx.x * std::int64_t(kRowWarps) + threadIdx.x / kWarp; r < rows;
+       r += std::int64_t(gridDim.x) * kRowWarps) {
+    const std::int64_t i = r % seq, base = r * seq;
+    float inv_s = 1.0f, through = 0.0f;
+    bool empty = false;
+    if (wkeep) {  // S and, without the stop-gradient, c = rowsum(dP .* W') = rowsum(dP P keep) / S
+      float s = 0.0f, c = 0.0f;
+      for (std::int64_t j = lane; j <= i; j += kWarp)
+        if (wkeep[base + j]) {
+          const float p = load(probs, base + j);
+          s += p;
+          c += dp[base + j] * p;
+        }
+      s = warp_sum(s);
+      c = warp_sum(c);
+      empty = !(s > 0.0f);
+      inv_s = empty ? 0.0f : 1.0f / s;
+      through = stop_gradient ? 0.0f : c * inv_s;
+    }
+    auto grad_p = [&](std::int64_t j) {  // dL/dP at column j
+      if (wkeep) return wkeep[base + j] ? (dp[base + j] - through) * inv_s : 0.0f;
+      return omega ? dp[base + j] * omega[base + j] : dp[base + j];
+    };
     float dot = 0.0f;
     for (std::int64_t j = lane; j <= i; j += kWarp) {
       const float p = load(probs, base + j);
-      if (p != 0.0f) dot += p * (omega ? dp[base + j] * omega[base + j] : dp[base + j]);
+      if (p != 0.0f) dot += p * grad_p(j);
     }
     dot = warp_sum(dot);
     for (std::int64_t j = lane; j < seq; j += kWarp) {
       const float p = j <= i ? load(probs, base + j) : 0.0f;
       float g = 0.0f;
-      if (p != 0.0f) {
-        const float dps = omega ? dp[base + j] * omega[base + j] : dp[base + j];
-        g = scale * p * (dps - dot);
-      }
+      if (p != 0.0f && !empty) g = scale * p * (grad_p(j) - dot);
       store(ds, base + j, g);
     }
   }
@@ -139,6 +196,11 @@ void merge(const T* src, T* dst, std::int64_t ld, std::int64_t off, int batch, i
   LORALAB_CUDA_CHECK(cudaGetLastError());
 }
 
+inline void check_hooks(const AttentionHooks& hooks, const char* fn) {
+  LORALAB_CHECK(!(hooks.weight_keep && hooks.weight_scale), "[loralab.config] ", fn,
+                ": attention hooks weight_keep (DropAttention) and weight_scale do not combine");
+}
+
 inline unsigned row_blocks(std::int64_t rows) {
   return blocks_for(rows, kRowWarps);
 }
@@ -153,6 +215,7 @@ void attention_forward(const T* qkv, int batch, int seq, int heads, int d, T* ou
   detail::check_attention(qkv, batch, seq, heads, d, fn);
   LORALAB_CHECK(out && probs && blas, "[loralab.shape] ", fn,
                 ": out, probs and the cuBLAS handle must be non-null");
+  detail::check_hooks(hooks, fn);
   scratch.reserve(batch, seq, heads, d);
   LORALAB_CUBLAS_CHECK(cublasSetStream(blas, stream));  // GEMMs and kernels in one order
   constexpr cudaDataType_t kT = data_type<T>();
@@ -172,7 +235,7 @@ void attention_forward(const T* qkv, int batch, int seq, int heads, int d, T* ou
   const std::int64_t rows = bh * seq;
   detail::causal_softmax_rows<T>
       <<<detail::row_blocks(rows), detail::kRowWarps * detail::kWarp, 0, stream>>>(
-          scratch.logits.data(), hooks.logit_keep, hooks.weight_scale, probs,
+          scratch.logits.data(), hooks.logit_keep, hooks.weight_scale, hooks.weight_keep, probs,
           scratch.weighted.data(), rows, seq);
   LORALAB_CUDA_CHECK(cudaGetLastError());
   // O = (P .* Omega) V [T x hd] per head, then heads merged into out.
@@ -192,6 +255,7 @@ void attention_backward(const T* dout, const T* qkv, const T* probs, int batch, 
                 ": dout, probs, dqkv and the cuBLAS handle must be non-null");
   LORALAB_CHECK(static_cast<const void*>(dqkv) != static_cast<const void*>(qkv), "[loralab.shape] ",
                 fn, ": dqkv must not alias qkv");
+  detail::check_hooks(hooks, fn);
   scratch.reserve(batch, seq, heads, d);
   LORALAB_CUBLAS_CHECK(cublasSetStream(blas, stream));
   constexpr cudaDataType_t kT = data_type<T>();
@@ -209,10 +273,17 @@ void attention_backward(const T* dout, const T* qkv, const T* probs, int batch, 
   gemm_strided_batched_row_major(blas, false, true, seq, seq, hd, 1.0f, scratch.o.data(), kT, hd,
                                  head, scratch.v.data(), kT, hd, head, 0.0f, scratch.logits.data(),
                                  CUDA_R_32F, seq, sq, bh);
-  // dV = (P .* Omega)^T dO; without weight_scale the weights are probs itself.
+  // dV = (P .* Omega)^T dO, or DropAttention's W'^T dO; without either, the weights are probs.
   const std::int64_t scores = bh * sq;
+  const std::int64_t rows = bh * seq;
   const T* weights = probs;
-  if (hooks.weight_scale) {
+  if (hooks.weight_keep) {
+    detail::drop_attention_weights_rows<T>
+        <<<detail::row_blocks(rows), detail::kRowWarps * detail::kWarp, 0, stream>>>(
+            probs, hooks.weight_keep, scratch.weighted.data(), rows, seq);
+    LORALAB_CUDA_CHECK(cudaGetLastError());
+    weights = scratch.weighted.data();
+  } else if (hooks.weight_scale) {
     detail::scale_weights<T><<<detail::blocks_for(scores), detail::kThreads, 0, stream>>>(
         probs, hooks.weight_scale, scratch.weighted.data(), scores);
     LORALAB_CUDA_CHECK(cudaGetLastError());
@@ -222,12 +293,11 @@ void attention_backward(const T* dout, const T* qkv, const T* probs, int batch, 
                                  scratch.o.data(), kT, hd, head, 0.0f, scratch.dv.data(), kT, hd,
                                  head, bh);
   // dS overwrites scratch.weighted: queued after the dV GEMM on the same stream.
-  const std::int64_t rows = bh * seq;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   detail::causal_softmax_backward_rows<T>
       <<<detail::row_blocks(rows), detail::kRowWarps * detail::kWarp, 0, stream>>>(
-          probs, scratch.logits.data(), hooks.weight_scale, scale, scratch.weighted.data(), rows,
-          seq);
+          probs, scratch.logits.data(), hooks.weight_scale, hooks.weight_keep,
+          hooks.normalizer_stop_gradient, scale, scratch.weighted.data(), rows, seq);
   LORALAB_CUDA_CHECK(cudaGetLastError());
   // dQ = dS K, dK = dS^T Q [T x hd] per head.
   gemm_strided_batched_row_major(blas, false, false, seq, hd, seq, 1.0f, scratch.weighted.data(),

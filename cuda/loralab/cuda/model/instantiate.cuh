@@ -4,6 +4,7 @@
 #pragma once
 
 #include "loralab/cuda/model/attention.cuh"
+#include "loralab/cuda/model/consistency.cuh"
 #include "loralab/cuda/model/embedding.cuh"
 #include "loralab/cuda/model/gelu.cuh"
 #include "loralab/cuda/model/layernorm.cuh"
@@ -32,6 +33,11 @@
                                              float*, cudaStream_t); \
   template void ::loralab::cuda::layers::cross_entropy_backward<T>(T*, const std::int32_t*, const float*, std::int64_t, \
                                               int, float, cudaStream_t); \
+  template void ::loralab::cuda::layers::consistency_forward<T>(const T*, const T*, const std::int32_t*, std::int64_t, \
+                                           int, bool, float*, float*, float*, cudaStream_t); \
+  template void ::loralab::cuda::layers::consistency_backward<T>(T*, const T*, const std::int32_t*, const float*, \
+                                            const float*, const float*, std::int64_t, int, bool, \
+                                            float, float, cudaStream_t); \
   template void ::loralab::cuda::layers::attention_forward<T>(const T*, int, int, int, int, T*, T*, \
                                          const ::loralab::cuda::layers::AttentionHooks&, ::loralab::cuda::layers::AttentionScratch<T>&, \
                                          cublasHandle_t, cudaStream_t); \

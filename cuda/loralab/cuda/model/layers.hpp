@@ -136,6 +136,34 @@ template <DeviceScalar T>
 void cross_entropy_backward(T* logits, const std::int32_t* targets, const float* lse,
                             std::int64_t n, int vocab, float inv_count, cudaStream_t stream);
 
+// ---- consistency losses of two passes (mirror of consistency.hpp) ----------------------------
+
+/// \ingroup cuda
+/// \brief Per row i of logits [n x V] (z1, the back-propagated branch) and reference [n x V]
+/// (z2, the other branch, or the deterministic pass for JS), for rows whose target is not -1:
+/// loss[i] = 0.5 (KL(P1||P2) + KL(P2||P1)), or with `js` JS(P1, P2) = 0.5 KL(P1||M) +
+/// 0.5 KL(P2||M), M = (P1 + P2) / 2; lse_ref[i] = log sum exp z2; and the row statistic the
+/// gradient needs, stat[i] = KL(P1||P2), or with `js` <P1, 0.5 log(P1 / M)>. Ignored rows get
+/// loss = stat = 0. fp32, one block per row (deterministic); the mean over rows is the caller's
+/// (model::consistency_loss divides by the count of non-ignored rows).
+template <DeviceScalar T>
+void consistency_forward(const T* logits, const T* reference, const std::int32_t* targets,
+                         std::int64_t n, int vocab, bool js, float* loss, float* lse_ref,
+                         float* stat, cudaStream_t stream);
+
+/// \ingroup cuda
+/// \brief In place: logits [n x V] (z1) become the gradient of
+/// ce_weight * sum_i CE_i + weight * sum_i consistency_i with respect to z1 (the reference is a
+/// constant, the detached branch), i.e. ce_weight (P1 - onehot(y)) + weight g with g as in
+/// model::consistency_loss; 0 on ignored rows. lse [n] is cross_entropy_forward's for z1; lse_ref
+/// and stat come from consistency_forward on the same logits. For the mean losses pass
+/// ce_weight = 1/count (times 0.5 when both branches' task losses are averaged) and
+/// weight = lambda/count.
+template <DeviceScalar T>
+void consistency_backward(T* logits, const T* reference, const std::int32_t* targets,
+                          const float* lse, const float* lse_ref, const float* stat, std::int64_t n,
+                          int vocab, bool js, float ce_weight, float weight, cudaStream_t stream);
+
 // ---- causal multi-head attention (mirror of attention.hpp) ------------------------------------
 
 /// \ingroup cuda
@@ -164,10 +192,12 @@ struct AttentionScratch {
 
 /// \ingroup cuda
 /// \brief Causal attention on qkv = [Q | K | V] [B*T x 3d]: out [B*T x d] (heads merged as
-/// GPT-2 does) and probs [B*H*T x T], the softmax BEFORE hooks.weight_scale (exactly 0 above the
-/// diagonal and at dropped keys; an all-dropped row is all 0). Same math as the CPU's
-/// attention_forward; the GEMMs go through cuBLAS (strided batched, fp32 accumulation) after
-/// binding `blas` to `stream`, so kernels and GEMMs run in one order.
+/// GPT-2 does) and probs [B*H*T x T], the softmax BEFORE hooks.weight_scale / weight_keep
+/// (exactly 0 above the diagonal and at keys hooks.logit_keep drops; an all-dropped row is all
+/// 0). With hooks.weight_keep (DropAttention) the output uses (P .* keep) / rowsum(P .* keep)
+/// (a row with nothing kept is 0). Same math as the CPU's attention_forward; the GEMMs go through
+/// cuBLAS (strided batched, fp32 accumulation) after binding `blas` to `stream`, so kernels and
+/// GEMMs run in one order. \throws Error on bad shapes, or weight_keep with weight_scale.
 template <DeviceScalar T>
 void attention_forward(const T* qkv, int batch, int seq, int heads, int d, T* out, T* probs,
                        const AttentionHooks& hooks, AttentionScratch<T>& scratch,
@@ -175,7 +205,10 @@ void attention_forward(const T* qkv, int batch, int seq, int heads, int d, T* ou
 
 /// \ingroup cuda
 /// \brief Backward of attention_forward from dout [B*T x d]: WRITES dqkv [B*T x 3d]. hooks must
-/// be those of the forward (weight_scale a constant, dropped logits get exactly 0 gradient).
+/// be those of the forward: weight_scale is a constant, dropped logits get exactly 0 gradient,
+/// and weight_keep's normalizer S is a constant when hooks.normalizer_stop_gradient is set (the
+/// paper's DropAttention) or is differentiated through otherwise (DropKey's gradient), as the
+/// CPU's attention_backward.
 template <DeviceScalar T>
 void attention_backward(const T* dout, const T* qkv, const T* probs, int batch, int seq, int heads,
                         int d, T* dqkv, const AttentionHooks& hooks, AttentionScratch<T>& scratch,
