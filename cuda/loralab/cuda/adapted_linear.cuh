@@ -2,7 +2,8 @@
 /// \brief Kernels and member definitions of cuda::LinearCore (declared in adapted_linear.hpp).
 /// nvcc only. Instantiated once per element type in cuda/instances/linear_{f32,bf16}.cu; a user
 /// who needs it in their own build includes this file in one .cu and instantiates
-/// `template class loralab::cuda::LinearCore<float>;` (and/or bf16).
+/// `template class loralab::cuda::LinearCore<float>;` (and/or bf16), and compiles
+/// loralab/cuda/dropout/masks.cuh once (the branch-input masks call its hidden_dropout).
 ///
 /// Work split: the base GEMM and every low-rank GEMM go through cuBLAS (fp32 accumulation), with
 /// beta = 1 to accumulate s U B^T into Y and G_U A into dX without extra passes; our kernels do
