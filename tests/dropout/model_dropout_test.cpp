@@ -134,8 +134,9 @@ TEST_CASE("gradients with fixed masks match finite differences for every positio
   };
   std::vector<Case> cases;
   for (Pattern pat : {Pattern::element, Pattern::column, Pattern::span}) {
-    for (Position p : {Position::attention_logits, Position::attention_weights,
-                       Position::ffn_hidden, Position::ffn_output, Position::head_input})
+    for (Position p :
+         {Position::attention_logits, Position::attention_weights, Position::ffn_hidden,
+          Position::ffn_output, Position::head_input, Position::adapter_input})
       cases.push_back({p, pat, model::TrainMode::adapters});
     cases.push_back({Position::embeddings, pat, model::TrainMode::full});  // reaches wte, wpe
   }
@@ -259,9 +260,13 @@ TEST_CASE("the configuration is validated with the offending site named") {
   dropout::Config both = one_site(Position::attention_logits, Pattern::column, 0.1);
   both.sites.push_back({Position::attention_weights, Pattern::column, 0.1, {}});
   CHECK(error(both).find("do not combine") != std::string::npos);
-  CHECK(
-      error(one_site(Position::adapter_input, Pattern::element, 0.1)).find("InputDropout policy") !=
-      std::string::npos);
+  {
+    GptOptions o = options(one_site(Position::adapter_input, Pattern::element, 0.1));
+    o.adapter.dropout = 0.1;
+    CHECK(testing::error_of([&] {
+            Gpt<Adapter<DynamicRank, InputDropout>, float> m(w, o);
+          }).find("both drop the adapter input") != std::string::npos);
+  }
   dropout::Config list = one_site(Position::ffn_output, Pattern::span, 0.1);
   list.sites[0].layers = {LayerRange::Kind::list, {1, 9}};
   CHECK(error(list).find("ffn_output: layer 9 outside [0, 4)") != std::string::npos);

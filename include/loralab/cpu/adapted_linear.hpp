@@ -125,6 +125,12 @@ class AdaptedLinear {
       if (!mask_[i]) grads_[i] = T(0);
   }
 
+  /// \brief Model-level dropout on the branch input (the framework's adapter_input position,
+  /// any pattern): while `multiplier` is non-null, a training pass feeds the branch X .* M, with
+  /// M [n x in] row-major (0 = dropped, else the keep scale), owned by the caller and alive until
+  /// the matching backward. Replaces the InputDropout policy's element mask for that pass.
+  void set_input_multiplier(const T* multiplier) { input_multiplier_ = multiplier; }
+
   /// \brief Every entry of A then B, writable (for model-level transforms such as DropConnect).
   std::span<T> factor_values() { return params_; }
   /// \brief The gradients of factor_values(), writable.
@@ -252,7 +258,7 @@ class AdaptedLinear {
   Index a_size() const { return Index(rank_) * in_features(); }
   Index b_size() const { return out_features() * Index(rank_); }
   bool dropout_active(const Pass& pass) const {
-    return kHasDropout && pass.training && cfg_.dropout > 0.0;
+    return pass.training && ((kHasDropout && cfg_.dropout > 0.0) || input_multiplier_);
   }
 
   template <class M>
@@ -268,6 +274,10 @@ class AdaptedLinear {
   // out = X .* D / (1-p), with D regenerated from (seed, module, branch, step): no mask is stored.
   void apply_input_dropout(ConstMatrixRef<T> X, const Pass& pass, MatrixR<T>& out) const {
     out.resize(X.rows(), X.cols());
+    if (input_multiplier_) {
+      out = X.cwiseProduct(ConstMatrixMap<T>(input_multiplier_, X.rows(), X.cols()));
+      return;
+    }
     const std::uint64_t stream = input_dropout_stream(cfg_.module_id, pass);
     const std::uint32_t threshold = drop_threshold(cfg_.dropout);
     const T keep_scale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
@@ -343,6 +353,7 @@ class AdaptedLinear {
   MatrixR<T> H_;                    // [n x in] workspace for dropout
   Pass last_pass_{};
   Index saved_rows_ = -1;
+  const T* input_multiplier_ = nullptr;  // model-level branch-input dropout, caller-owned
 };
 
 }  // namespace loralab::cpu

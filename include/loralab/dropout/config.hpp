@@ -115,8 +115,7 @@ inline const char* position_name(Position p) {
 /// \ingroup dropout
 /// \brief Checks a configuration for a model of `layers` blocks. \throws Error naming the site:
 /// a rate outside [0, 1), two sites on one position, DropKey and DropAttention together, a layer
-/// outside the model, a pattern a position does not support, a negative lambda, or the
-/// adapter-input position (use the InputDropout policy: it is part of the adapter).
+/// outside the model, a pattern a position does not support, or a negative lambda.
 inline void validate(const Config& c, int layers) {
   for (std::size_t i = 0; i < c.sites.size(); ++i) {
     const Site& s = c.sites[i];
@@ -126,9 +125,6 @@ inline void validate(const Config& c, int layers) {
     for (std::size_t j = 0; j < i; ++j)
       LORALAB_CHECK(c.sites[j].position != s.position, "[loralab.config] dropout site ", name,
                     " given twice");
-    LORALAB_CHECK(s.position != Position::adapter_input,
-                  "[loralab.config] dropout site adapter_input: this position belongs to the "
-                  "adapter; compose it with the InputDropout policy and AdapterConfig::dropout");
     LORALAB_CHECK(s.position != Position::adapter_weights || s.pattern != Pattern::span,
                   "[loralab.config] dropout site adapter_weights: patterns element (entries of "
                   "A and B) and column (input columns of A, output rows of B) only");

@@ -56,6 +56,11 @@ class Gpt {
       : w_(weights), opts_(opts), cfg_(weights.config()) {
     const int L = cfg_.layers;
     dropout::validate(opts.dropout, L);
+    LORALAB_CHECK(!(Spec::dropout::has_input_dropout && opts.adapter.dropout > 0 &&
+                    opts.dropout.site(dropout::Position::adapter_input)),
+                  "[loralab.config] the dropout site adapter_input and the InputDropout policy "
+                  "(AdapterConfig::dropout=",
+                  opts.adapter.dropout, ") both drop the adapter input; use one");
     trainable_.assign(L, true);
     acts_.resize(L);
     adapters_.resize(std::size_t(L) * kModulesPerBlock);
@@ -181,7 +186,6 @@ class Gpt {
     LORALAB_CHECK(!targets_.empty(),
                   "[loralab.state] Gpt::backward without a forward with targets");
     const Eigen::Index n = Eigen::Index(batch_) * seq_;
-    const int d = cfg_.d_model;
     cpu::MatrixR<T> dlogits(n, cfg_.vocab_size);
     cross_entropy_backward<T>(probs_, targets_, count_, dlogits);
     apply_drop_connect();  // the masks of the last forward again (they are keyed by its pass)
@@ -341,9 +345,10 @@ class Gpt {
     std::vector<T> mean1, rstd1, mean2, rstd2;            // [n]
     AttentionHooks hooks;
     // The dropout framework's masks of the last forward (empty where it does not act):
-    std::vector<std::uint8_t> att_keep;  // [B*H*T x T] DropKey / DropAttention keep flags
-    cpu::MatrixR<T> hidden_scale;        // [n x ff] 0 or 1/(1-p) on the FFN hidden
-    cpu::MatrixR<T> out_scale;           // [n x d] on the FFN output
+    std::vector<std::uint8_t> att_keep;          // [B*H*T x T] DropKey / DropAttention keep flags
+    cpu::MatrixR<T> hidden_scale;                // [n x ff] 0 or 1/(1-p) on the FFN hidden
+    cpu::MatrixR<T> out_scale;                   // [n x d] on the FFN output
+    cpu::MatrixR<T> in_scale[kModulesPerBlock];  // [n x in] on each adapter's branch input
   };
 
   bool full() const { return opts_.mode == TrainMode::full; }
@@ -369,6 +374,12 @@ class Gpt {
     auto W = w_.weight(l, m);
     Y.resize(X.rows(), W.rows());
     if (auto* a = adapter(l, m)) {
+      // the framework's adapter_input site: a multiplier on the branch input, keyed by module
+      cpu::MatrixR<T>& in_scale = acts_[l].in_scale[static_cast<int>(m)];
+      const int module = kModulesPerBlock * l + static_cast<int>(m);
+      const bool drop =
+          hidden_mask(dropout::Position::adapter_input, l, X.rows(), X.cols(), in_scale, module);
+      a->set_input_multiplier(drop ? in_scale.data() : nullptr);
       a->forward(X, Y, pass_);
       return;
     }
@@ -489,14 +500,14 @@ class Gpt {
   // Fills `scale` [rows x cols] with 0 (dropped) or the keep scale when position p acts in
   // block `layer` during a training pass; otherwise empties it. Returns whether it acts.
   bool hidden_mask(dropout::Position p, int layer, Eigen::Index rows, Eigen::Index cols,
-                   cpu::MatrixR<T>& scale) const {
+                   cpu::MatrixR<T>& scale, int key_layer = -1) const {
     const dropout::Site* site = opts_.dropout.site(p);
     const double rate = pass_.training ? opts_.dropout.rate(p, layer, cfg_.layers) : 0.0;
     if (!site || rate <= 0) {
       scale.resize(0, 0);
       return false;
     }
-    const dropout::MaskKey key = mask_key(p, layer);
+    const dropout::MaskKey key = mask_key(p, key_layer >= 0 ? key_layer : layer);
     const T keep = T(dropout::hidden_keep_scale(site->pattern, rate, seq_));
     scale.resize(rows, cols);
     for (Eigen::Index r = 0; r < rows; ++r)
