@@ -205,3 +205,27 @@ TEST_CASE("consistency losses: values and gradients against finite differences (
     CHECK(grad.row(1).cwiseAbs().maxCoeff() == 0.0);  // the ignored row gets nothing
   }
 }
+
+TEST_CASE("DropAttention's backward stays finite when a row's kept weights are denormal (float)") {
+  // Each row's own key holds almost all the weight and is dropped; the kept keys hold 1e-41
+  // each, so S is denormal. Dividing the gradient by S overflowed to inf and then NaN (seen in
+  // training); written in terms of W' = P keep / S it stays finite.
+  const cpu::MatrixR<float> qkv = random_qkv(1.0).cast<float>();
+  cpu::MatrixR<float> g(B * T, D), probs = cpu::MatrixR<float>::Zero(B * H * T, T),
+                                   dqkv(B * T, 3 * D);
+  for (Eigen::Index i = 0; i < g.size(); ++i) g.data()[i] = float(30 * std::cos(0.9 * double(i)));
+  std::vector<std::uint8_t> keep(std::size_t(B) * H * T * T, 1);
+  for (Eigen::Index r = 0; r < probs.rows(); ++r) {
+    const Eigen::Index i = r % T;
+    for (Eigen::Index j = 0; j < i; ++j) probs(r, j) = 1e-41f;
+    probs(r, i) = 1.0f;
+    keep[std::size_t(r * T + i)] = 0;
+  }
+  for (bool stop : {true, false}) {
+    model::AttentionHooks hooks;
+    hooks.weight_keep = keep.data();
+    hooks.normalizer_stop_gradient = stop;
+    model::attention_backward<float>(g, qkv, probs, B, T, H, dqkv, hooks);
+    CHECK(dqkv.allFinite());
+  }
+}

@@ -170,19 +170,22 @@ void attention_backward(cpu::ConstMatrixRef<T> dout,   // [B*T x d]
       auto dv = dqkv.block(r0, 2 * d + h * hd, n_t, hd);      // [T x hd]
       ds.noalias() = d_o * v.transpose();                     // dL/d(P .* Omega)
       if (hooks.weight_keep) {
-        const std::uint8_t* keep = hooks.weight_keep + p0 * n_t;
-        detail::drop_attention_weights(p, keep, n_t, weighted, sums);
+        // DropAttention: W' = (P .* keep) / S. In terms of W' (bounded by 1, so a tiny S cannot
+        // overflow), with c = rowsum(dW' .* W'): under the stop-gradient on S,
+        // dS = W' .* dW' - P c (non-zero at dropped logits); through S, dS = W' .* (dW' - c),
+        // DropKey's softmax backward. A row with S == 0 gets 0.
+        detail::drop_attention_weights(p, hooks.weight_keep + p0 * n_t, n_t, weighted, sums);
         dv.noalias() = weighted.transpose() * d_o;
         for (Eigen::Index i = 0; i < n_t; ++i) {
-          if (!(sums(i) > T(0))) {
-            ds.row(i).setZero();
-            continue;
-          }
-          // d(W')/d(P .* keep) through the normalizer, unless it is a stop-gradient constant
-          const T through = hooks.normalizer_stop_gradient ? T(0) : ds.row(i).dot(weighted.row(i));
+          const T c = ds.row(i).dot(weighted.row(i));
           for (Eigen::Index j = 0; j < n_t; ++j)
-            ds(i, j) = keep[i * n_t + j] ? (ds(i, j) - through) / sums(i) : T(0);  // dL/dP
+            ds(i, j) =
+                scale * (hooks.normalizer_stop_gradient ? weighted(i, j) * ds(i, j) - p(i, j) * c
+                                                        : weighted(i, j) * (ds(i, j) - c));
         }
+        dq.noalias() = ds * k;
+        dk.noalias() = ds.transpose() * q;
+        continue;
       } else if (hooks.weight_scale) {
         const cpu::ConstMatrixMap<float> omega(hooks.weight_scale + p0 * n_t, n_t, n_t);
         weighted = p.cwiseProduct(omega.cast<T>());

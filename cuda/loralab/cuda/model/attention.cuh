@@ -118,10 +118,11 @@ __global__ void drop_attention_weights_rows(const T* __restrict__ probs,
 }
 
 // Softmax backward per score row: dS = scale P .* (dPs - rowsum(P .* dPs)), where dPs = dL/dP is
-// dP .* Omega (weight_scale), or with wkeep (DropAttention, S = rowsum(P .* keep), W' its
-// weights) keep .* (dP - c) / S with c = rowsum(dP .* W') when the gradient flows through S and
-// c = 0 under the stop-gradient; a row with S == 0 gets dS = 0. Entries with P == 0 (future,
-// dropped logits, all-dropped rows) get exactly 0, whatever dP holds.
+// dP .* Omega (weight_scale). With wkeep (DropAttention, S = rowsum(P .* keep), W' = P keep / S,
+// computed by division so a tiny S cannot overflow), c = rowsum(dP .* W'): under the
+// stop-gradient dS = scale (W' .* dP - P c), through S dS = scale W' .* (dP - c); a row with
+// S == 0 gets dS = 0 (the CPU's attention_backward). Entries with P == 0 (future, dropped
+// logits, all-dropped rows) get exactly 0, whatever dP holds.
 template <class T>
 __global__ void causal_softmax_backward_rows(const T* __restrict__ probs,
                                              const float* __restrict__ dp,
@@ -133,24 +134,29 @@ __global__ void causal_softmax_backward_rows(const T* __restrict__ probs,
   for (std::int64_t r = blockIdx.x * std::int64_t(kRowWarps) + threadIdx.x / kWarp; r < rows;
        r += std::int64_t(gridDim.x) * kRowWarps) {
     const std::int64_t i = r % seq, base = r * seq;
-    float inv_s = 1.0f, through = 0.0f;
-    bool empty = false;
-    if (wkeep) {  // S and, without the stop-gradient, c = rowsum(dP .* W') = rowsum(dP P keep) / S
-      float s = 0.0f, c = 0.0f;
+    if (wkeep) {
+      float s = 0.0f;
       for (std::int64_t j = lane; j <= i; j += kWarp)
-        if (wkeep[base + j]) {
-          const float p = load(probs, base + j);
-          s += p;
-          c += dp[base + j] * p;
-        }
-      s = warp_sum(s);
+        if (wkeep[base + j]) s += load(probs, base + j);
+      s = warp_sum(s);  // the same value in every lane
+      const bool empty = !(s > 0.0f);
+      auto w = [&](std::int64_t j) {  // W'_j
+        return (!empty && j <= i && wkeep[base + j]) ? load(probs, base + j) / s : 0.0f;
+      };
+      float c = 0.0f;
+      for (std::int64_t j = lane; j <= i; j += kWarp) c += w(j) * dp[base + j];
       c = warp_sum(c);
-      empty = !(s > 0.0f);
-      inv_s = empty ? 0.0f : 1.0f / s;
-      through = stop_gradient ? 0.0f : c * inv_s;
+      for (std::int64_t j = lane; j < seq; j += kWarp) {
+        const float p = j <= i ? load(probs, base + j) : 0.0f;
+        float g = 0.0f;
+        if (!empty && j <= i)
+          g = stop_gradient ? scale * (w(j) * dp[base + j] - p * c)
+                            : scale * w(j) * (dp[base + j] - c);
+        store(ds, base + j, g);
+      }
+      continue;
     }
     auto grad_p = [&](std::int64_t j) {  // dL/dP at column j
-      if (wkeep) return wkeep[base + j] ? (dp[base + j] - through) * inv_s : 0.0f;
       return omega ? dp[base + j] * omega[base + j] : dp[base + j];
     };
     float dot = 0.0f;
@@ -162,7 +168,7 @@ __global__ void causal_softmax_backward_rows(const T* __restrict__ probs,
     for (std::int64_t j = lane; j < seq; j += kWarp) {
       const float p = j <= i ? load(probs, base + j) : 0.0f;
       float g = 0.0f;
-      if (p != 0.0f && !empty) g = scale * p * (grad_p(j) - dot);
+      if (p != 0.0f) g = scale * p * (grad_p(j) - dot);
       store(ds, base + j, g);
     }
   }
