@@ -78,9 +78,16 @@ TEST_CASE("full fine-tuning: every weight's gradient matches finite differences"
   m.forward(data.tokens, data.targets, data.batch, data.seq, Pass{true, 3});
   m.backward();
   const auto params = m.parameters();
-  REQUIRE(params.size() == 1);
-  const std::vector<double> grad(params[0].grad.begin(), params[0].grad.end());
-  check_fd(m, data, params[0].value.data(), grad.data(), grad.size(), "weights");
+  REQUIRE(params.size() == w.slots().size());  // one tensor per weight, in storage order
+  const std::vector<double> grad(m.full_grad().begin(), m.full_grad().end());
+  check_fd(m, data, w.flat().data(), grad.data(), grad.size(), "weights");
+  for (std::size_t k = 0; k < params.size(); ++k) {  // views of the flat buffer, slot by slot
+    CHECK(params[k].value.data() == w.flat().data() + w.slots()[k].offset);
+    CHECK(params[k].grad.data() == m.full_grad().data() + w.slots()[k].offset);
+    const model::TensorSlot& s = w.slots()[k];  // a block's linear weight: c_attn, c_proj, c_fc
+    CHECK(params[k].projectable == (s.name.starts_with("h.") && s.rows > 1));
+    CHECK(params[k].block == (s.name.starts_with("h.") ? std::stoi(s.name.substr(2)) : -1));
+  }
 }
 
 TEST_CASE("adapters with dropout: every adapter entry's gradient matches finite differences") {
@@ -132,7 +139,7 @@ TEST_CASE("a frozen block gets no gradient while earlier blocks still do") {
   f.zero_grad();
   f.forward(data.tokens, data.targets, data.batch, data.seq);
   f.backward();
-  const auto grad = f.parameters()[0].grad;
+  const auto grad = f.full_grad();
   for (const auto& s : w.slots()) {
     double norm = 0;
     for (std::int64_t i = 0; i < s.size(); ++i) norm += std::abs(grad[s.offset + i]);

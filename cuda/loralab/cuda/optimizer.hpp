@@ -15,6 +15,7 @@
 #include "loralab/cuda/device_buffer.hpp"
 #include "loralab/cuda/model/layers.hpp"
 #include "loralab/optim/adamw.hpp"
+#include "loralab/optim/optimizer_options.hpp"
 
 namespace loralab::cuda {
 
@@ -26,9 +27,16 @@ class DeviceOptimizer {
   using value_type = float;  ///< master weights and moments are fp32 on the device
 
   /// \brief Optimizes `model.parameters()` on `model.stream()`.
+  /// \throws Error when `opts` asks for GaLore (not on the device yet).
   template <class Model>
-  DeviceOptimizer(Model& model, const AdamWConfig& cfg)
-      : params_(model.parameters()), stream_(model.stream()), opt_(params_, cfg, stream_) {}
+  DeviceOptimizer(Model& model, const AdamWConfig& cfg, const OptimizerOptions& opts = {})
+      : params_(model.parameters()), stream_(model.stream()), opt_(params_, cfg, stream_) {
+    LORALAB_CHECK(!opts.galore, "[loralab.config] GaLore is not implemented on the device yet");
+  }
+  /// \brief Layer sampling on the device. \throws Error: not implemented on the device yet.
+  void set_active_blocks(const std::vector<bool>&, bool) {
+    throw Error("[loralab.config] layer sampling is not implemented on the device yet");
+  }
 
   /// \brief Sets the learning rate of the next steps.
   void set_lr(double lr) { opt_.set_lr(lr); }

@@ -60,6 +60,9 @@ enum class RngPurpose : std::uint8_t {
   share_index = 6,    ///< MoS index tables (permutations of pool shards)
   share_pool = 7,     ///< initial values of shared pools
   model_dropout = 8,  ///< the dropout framework's masks (dropout/masks.hpp)
+  layer_sampling = 9,  ///< LISA / OwLore block draws, keyed by the sampling period
+  galore_sketch = 10,  ///< GaLore's randomized range finder, keyed by tensor and refresh
+  rosa_subspace = 11,  ///< ROSA's index draws, keyed by module and re-factorization
   user = 255,         ///< free for user code and tests
 };
 

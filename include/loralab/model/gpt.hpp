@@ -263,21 +263,43 @@ class Gpt {
       if (a) a->zero_grad();
   }
 
-  /// \brief The tensors an optimizer updates: every adapter's (A, B, mask), or the whole weight
-  /// buffer in full mode; then the shared pools.
+  /// \brief The tensors an optimizer updates: in full mode every weight tensor of gpt_layout()
+  /// (views into the flat buffer, in storage order), else every adapter's (A, B, mask); then the
+  /// shared pools. Each names its block (-1 for embeddings, final LayerNorm and pools); a block's
+  /// linear weights are marked projectable with their [out x in] shape (GaLore).
   std::vector<ParamTensor<T>> parameters() {
     std::vector<ParamTensor<T>> out;
-    for (auto& [name, pool] : pools_) out.push_back(ParamTensor<T>{pool.value, pool.grad, {}});
-    if (plan_) return out;  // the adapters hold assembled copies of pool rows, not parameters
     if (full()) {
-      out.insert(out.begin(), ParamTensor<T>{w_.flat(), grads_, {}});
-      return out;
+      const std::vector<TensorSlot>& slots = w_.slots();
+      const std::size_t first_block = block_slot(0, 0), per_block = 12;
+      for (std::size_t k = 0; k < slots.size(); ++k) {
+        const TensorSlot& s = slots[k];
+        const bool in_block = k >= first_block && k < first_block + per_block * cfg_.layers;
+        const int block = in_block ? int((k - first_block) / per_block) : -1;
+        const bool linear = in_block && s.rows > 1;
+        out.push_back(ParamTensor<T>{w_.flat().subspan(s.offset, std::size_t(s.size())),
+                                     std::span<const T>(grads_).subspan(s.offset,
+                                                                        std::size_t(s.size())),
+                                     {},
+                                     block,
+                                     linear ? s.rows : 0,
+                                     linear ? s.cols : 0,
+                                     linear});
+      }
     }
-    for (auto& a : adapters_)
-      if (a)
-        for (auto& p : a->parameters()) out.push_back(p);
+    for (auto& [name, pool] : pools_) out.push_back(ParamTensor<T>{pool.value, pool.grad, {}});
+    if (plan_ || full()) return out;  // sharing: adapters hold assembled copies of pool rows
+    for (std::size_t m = 0; m < adapters_.size(); ++m)
+      if (adapters_[m])
+        for (auto& p : adapters_[m]->parameters()) {
+          p.block = int(m) / kModulesPerBlock;
+          out.push_back(p);
+        }
     return out;
   }
+
+  /// \brief Full mode: the gradient of every weight, laid out like GptWeights::flat().
+  std::span<const T> full_grad() const { return grads_; }
 
   /// \brief The input of module m in block l saved by the last forward [n x in] (statistics
   /// hook, e.g. per-channel activation norms).
@@ -356,7 +378,7 @@ class Gpt {
     return std::size_t(l) * kModulesPerBlock + static_cast<int>(m);
   }
   std::size_t slots() const { return w_.slots().size(); }
-  std::size_t slot(int l, int k) const { return 2 + std::size_t(l) * 12 + k; }  // GptWeights layout
+  std::size_t slot(int l, int k) const { return block_slot(l, k); }  // GptWeights layout
   cpu::MatrixMap<T> grad_view(std::size_t k) {
     const TensorSlot& s = w_.slots()[k];
     return {grads_.data() + s.offset, s.rows, s.cols};

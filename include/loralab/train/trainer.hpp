@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -19,6 +20,8 @@
 #include "loralab/core/error.hpp"
 #include "loralab/data/batch.hpp"
 #include "loralab/io/safetensors.hpp"
+#include "loralab/optim/optimizer_options.hpp"
+#include "loralab/sampling/layer_sampler.hpp"
 #include "loralab/train/host_optimizer.hpp"
 #include "loralab/train/schedule.hpp"
 
@@ -42,6 +45,18 @@ struct TrainConfig {
   std::int64_t stop_after = -1;  ///< stop (after saving) at this step, to test resumption
   bool progress = true;          ///< progress line on stderr
   std::string label = "train";   ///< shown in the progress line and the CSV
+  OptimizerOptions optimizer;    ///< GaLore projection and the optimizer-state policy
+  /// Layer sampling (LISA, OwLore): before steps 0, K, 2K, ... the sampler's blocks become the
+  /// only trainable ones (model.set_block_trainable and the optimizer's active set); none = every
+  /// block trains throughout.
+  std::optional<sampling::LayerSampler> sampler;
+};
+
+/// \ingroup train
+/// \brief One sampling period of a layer-sampled run: its first step and the blocks drawn.
+struct SampledPeriod {
+  std::int64_t step = 0;    ///< first step of the period
+  std::vector<int> blocks;  ///< trainable blocks, ascending
 };
 
 /// \ingroup train
@@ -67,6 +82,8 @@ struct TrainResult {
   std::vector<EvalPoint> curve;   ///< every evaluation, in order
   double tokens_per_second = 0;   ///< training throughput (target tokens and context included)
   std::int64_t resumed_from = 0;  ///< step the run resumed at (0 = fresh)
+  std::vector<SampledPeriod> sampled;  ///< layer sampling: every period this run trained
+  std::int64_t peak_optimizer_state_bytes = 0;  ///< largest optimizer state seen after a step
 };
 
 /// \ingroup train
@@ -110,7 +127,7 @@ class Trainer {
         cfg_(std::move(cfg)),
         next_batch_(std::move(next_batch)),
         evaluate_(std::move(evaluate)),
-        opt_(model, AdamWConfig{.lr = cfg_.lr, .weight_decay = cfg_.weight_decay}) {
+        opt_(make_optimizer(model, cfg_)) {
     LORALAB_CHECK(cfg_.steps >= 1 && cfg_.grad_accum >= 1 && cfg_.eval_every >= 1,
                   "[loralab.config] TrainConfig needs steps >= 1, grad_accum >= 1, eval_every >= "
                   "1; got steps=",
@@ -134,7 +151,12 @@ class Trainer {
     double loss_sum = 0, tokens = 0;
     std::int64_t loss_count = 0;
     std::ofstream csv = open_csv(result.resumed_from > 0);
+    const std::int64_t first_step = step;
+    std::string blocks;  // the active blocks, for the progress line
     for (; step < cfg_.steps; ++step) {
+      if (cfg_.sampler && cfg_.sampler->samples() &&
+          (step == first_step || cfg_.sampler->resamples_at(step)))
+        blocks = activate_blocks(step, result);
       model_.zero_grad();
       double step_loss = 0, step_consistency = 0;
       for (int micro = 0; micro < cfg_.grad_accum; ++micro) {
@@ -160,6 +182,8 @@ class Trainer {
       const double lr = schedule(step);
       opt_.set_lr(lr);
       opt_.step(scale);
+      result.peak_optimizer_state_bytes =
+          std::max(result.peak_optimizer_state_bytes, opt_.state_bytes());
       loss_sum += step_loss;
       ++loss_count;
       const std::int64_t done = step + 1;
@@ -172,10 +196,12 @@ class Trainer {
         char consistency[48] = "";
         if (step_consistency > 0)
           std::snprintf(consistency, sizeof consistency, "  consistency %.4f", step_consistency);
-        std::fprintf(stderr, "[%s] step %lld/%lld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %.0fs\n",
+        std::fprintf(stderr,
+                     "[%s] step %lld/%lld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %.0fs%s\n",
                      cfg_.label.c_str(), static_cast<long long>(done),
                      static_cast<long long>(cfg_.steps), step_loss, consistency, lr,
-                     tokens / std::max(elapsed, 1e-9), per_step * double(cfg_.steps - done));
+                     tokens / std::max(elapsed, 1e-9), per_step * double(cfg_.steps - done),
+                     blocks.c_str());
       }
       if (done % cfg_.eval_every == 0 || done == cfg_.steps) {
         EvalPoint p{done, loss_sum / double(std::max<std::int64_t>(1, loss_count)), evaluate_(), lr,
@@ -215,6 +241,16 @@ class Trainer {
       const std::vector<T> m = opt_.first_moment(k), v = opt_.second_moment(k);
       w.add<T>("adamw.m." + std::to_string(k), {std::int64_t(m.size())}, std::span<const T>(m));
       w.add<T>("adamw.v." + std::to_string(k), {std::int64_t(v.size())}, std::span<const T>(v));
+      if constexpr (requires { opt_.tensor_steps(k); }) {
+        // per-tensor step counters (layer sampling) and GaLore projectors with their refreshes
+        const std::vector<T> proj = opt_.projector_values(k);
+        const std::int64_t counters[2] = {opt_.tensor_steps(k), opt_.projector_refreshes(k)};
+        w.add<std::int64_t>("optim.t." + std::to_string(k), {2},
+                            std::span<const std::int64_t>(counters));
+        if (!proj.empty())
+          w.add<T>("galore.p." + std::to_string(k), {std::int64_t(proj.size())},
+                   std::span<const T>(proj));
+      }
     }
     w.set_metadata("format", "loralab-checkpoint");
     w.set_metadata("step", std::to_string(step));
@@ -245,6 +281,17 @@ class Trainer {
       const std::vector<T> m = f.read<T>("adamw.m." + std::to_string(k));
       const std::vector<T> v = f.read<T>("adamw.v." + std::to_string(k));
       opt_.restore(adamw_steps, k, m, v);
+      if constexpr (requires { opt_.tensor_steps(k); }) {
+        const std::string t_name = "optim.t." + std::to_string(k);
+        if (!f.contains(t_name)) continue;  // written before per-tensor counters existed
+        const std::vector<std::int64_t> counters = f.read<std::int64_t>(t_name);
+        LORALAB_CHECK(counters.size() == 2, "[loralab.io] ", path.string(), ": ", t_name,
+                      " holds ", counters.size(), " values, expected 2");
+        opt_.set_tensor_steps(k, counters[0]);
+        const std::string p_name = "galore.p." + std::to_string(k);
+        const std::vector<T> proj = f.contains(p_name) ? f.read<T>(p_name) : std::vector<T>{};
+        opt_.set_projector_values(k, proj, counters[1]);
+      }
     }
     return std::stoll(meta.at("step"));
   }
@@ -253,6 +300,45 @@ class Trainer {
   const Optimizer& optimizer() const { return opt_; }
 
  private:
+  // Layer sampling: the blocks of step's period become the trainable ones (the state policy
+  // applies on a fresh draw); returns the progress-line suffix.
+  std::string activate_blocks(std::int64_t step, TrainResult& result) {
+    const sampling::LayerSampler& s = *cfg_.sampler;
+    const std::vector<bool> on = s.active_at(step);
+    if constexpr (requires {
+                    model_.set_block_trainable(0, true);
+                    opt_.set_active_blocks(on, true);
+                  }) {
+      for (int l = 0; l < s.blocks(); ++l) model_.set_block_trainable(l, on[std::size_t(l)]);
+      opt_.set_active_blocks(on, s.resamples_at(step));
+    } else {
+      LORALAB_CHECK(false, "[loralab.config] '", cfg_.label,
+                    "': layer sampling needs a model with set_block_trainable and an optimizer "
+                    "with set_active_blocks");
+    }
+    SampledPeriod period{step, s.blocks_at(step)};
+    std::string text = "  blocks";
+    for (int l : period.blocks) {
+      text += ' ';
+      text += std::to_string(l);
+    }
+    result.sampled.push_back(std::move(period));
+    return text;
+  }
+
+  // The optimizer with the run's extras (GaLore, state policy) when it takes them.
+  static Optimizer make_optimizer(Model& model, const TrainConfig& cfg) {
+    const AdamWConfig adamw{.lr = cfg.lr, .weight_decay = cfg.weight_decay};
+    if constexpr (std::is_constructible_v<Optimizer, Model&, AdamWConfig, OptimizerOptions>) {
+      return Optimizer(model, adamw, cfg.optimizer);
+    } else {
+      LORALAB_CHECK(!cfg.optimizer.galore && cfg.optimizer.state == StatePolicy::keep,
+                    "[loralab.config] '", cfg.label,
+                    "': this model's optimizer takes no GaLore or state-policy options");
+      return Optimizer(model, adamw);
+    }
+  }
+
   std::ofstream open_csv(bool append) {
     if (cfg_.csv.empty()) return {};
     const bool fresh = !append || !std::filesystem::exists(cfg_.csv);
