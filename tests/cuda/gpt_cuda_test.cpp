@@ -178,13 +178,18 @@ void compare(model::Gpt<Spec, double>& c, cuda::Gpt<Spec, T>& g, const Data& dat
   auto pc = c.parameters();
   auto pg = g.parameters();
   REQUIRE(pc.size() == pg.size());
-  if (c.options().mode == TrainMode::full) {  // one flat tensor: compare tensor by tensor
-    const std::vector<float> grad = device_to_host(pg[0].grad, pg[0].size);
-    for (const model::TensorSlot& s : model::gpt_layout(tiny())) {
-      const std::vector<double> got(grad.begin() + std::ptrdiff_t(s.offset),
-                                    grad.begin() + std::ptrdiff_t(s.offset + s.size()));
-      check_close(got, pc[0].grad.subspan(s.offset, std::size_t(s.size())), tol_grad,
-                  "d " + s.name);
+  if (c.options().mode == TrainMode::full) {  // one tensor per gpt_layout() slot on both sides
+    const std::vector<model::TensorSlot> layout = model::gpt_layout(tiny());
+    REQUIRE(pg.size() == layout.size());
+    for (std::size_t k = 0; k < layout.size(); ++k) {
+      CAPTURE(layout[k].name);
+      REQUIRE(pg[k].size == pc[k].grad.size());
+      CHECK(pg[k].block == pc[k].block);  // the same layer-sampling and GaLore metadata
+      CHECK(pg[k].rows == pc[k].rows);
+      CHECK(pg[k].cols == pc[k].cols);
+      CHECK(pg[k].projectable == pc[k].projectable);
+      const std::vector<float> grad = device_to_host(pg[k].grad, pg[k].size);
+      check_close(as_double(grad), pc[k].grad, tol_grad, "d " + layout[k].name);
     }
     return;
   }

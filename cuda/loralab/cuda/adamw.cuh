@@ -50,13 +50,23 @@ inline std::size_t chunk_offset(std::size_t tensors) {
   return (bytes + alignof(Chunk) - 1) / alignof(Chunk) * alignof(Chunk);
 }
 
-// One block per chunk; the threads of the block stride through it. The coefficients travel by
-// value in the kernel's parameter space: the same doubles as the CPU's, rounded to float by the
-// same shared adamw_update, so both backends do the same float operations in the same order.
+/// One tensor's coefficients of the current step (its own counter sets the bias corrections) and
+/// whether it steps at all (layer sampling). Uploaded by every step.
+struct TensorStep {
+  AdamWStepCoefficients c;
+  std::uint32_t active;
+};
+
+// One block per chunk; the threads of the block stride through it. The coefficients are the same
+// doubles as the CPU's (made on the host per tensor), rounded to float by the same shared
+// adamw_update, so both backends do the same float operations in the same order. The blocks of
+// an inactive tensor return at once: its values, moments and shadow are not touched.
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const TensorDesc* __restrict__ tensors, const Chunk* __restrict__ chunks,
-                 AdamWStepCoefficients c, float grad_scale, bool scaled) {
+                 const TensorStep* __restrict__ steps, float grad_scale, bool scaled) {
   const Chunk chunk = chunks[blockIdx.x];
+  const TensorStep s = steps[chunk.tensor];
+  if (!s.active) return;
   const TensorDesc d = tensors[chunk.tensor];
   for (std::uint64_t j = chunk.begin + threadIdx.x; j < chunk.end; j += blockDim.x) {
     const std::uint64_t i = d.index ? d.index[j] : j;  // frozen entries are never read or written
@@ -64,7 +74,7 @@ __global__ void __launch_bounds__(kThreads)
     float m = d.m[j];
     float v = d.v[j];
     // The CPU multiplies only when the scale is not 1: the same float operations here.
-    adamw_update<float>(p, scaled ? d.grad[i] * grad_scale : d.grad[i], m, v, c);
+    adamw_update<float>(p, scaled ? d.grad[i] * grad_scale : d.grad[i], m, v, s.c);
     d.value[i] = p;
     d.m[j] = m;
     d.v[j] = v;
@@ -160,17 +170,67 @@ AdamW::AdamW(std::vector<DeviceParamTensor> params, const AdamWConfig& cfg, cuda
   std::memcpy(table.data(), tensors.data(), tensors.size() * sizeof(TensorDesc));
   std::memcpy(table.data() + offset, chunks.data(), chunks.size() * sizeof(Chunk));
   table_ = DeviceBuffer<unsigned char>::from_host(table, stream_);
+  coef_ = DeviceBuffer<unsigned char>(slots_.size() * sizeof(adamw_impl::TensorStep));
+}
+
+void AdamW::upload_descriptors() {
+  std::vector<adamw_impl::TensorDesc> tensors;
+  for (Slot& s : slots_)
+    tensors.push_back(adamw_impl::TensorDesc{s.tensor.value, s.tensor.grad, s.tensor.shadow,
+                                             s.index.empty() ? nullptr : s.index.data(), s.m.data(),
+                                             s.v.data(), s.count});
+  // Stream-ordered after every kernel that read the old descriptors; a pageable source is staged
+  // before the call returns, so the vector may go away.
+  if (!tensors.empty() && chunks_ > 0)
+    LORALAB_CUDA_CHECK(cudaMemcpyAsync(table_.data(), tensors.data(),
+                                       tensors.size() * sizeof(adamw_impl::TensorDesc),
+                                       cudaMemcpyHostToDevice, stream_));
+  descriptors_stale_ = false;
+}
+
+void AdamW::reset_state(std::size_t k) {
+  Slot& s = slots_.at(k);
+  if (!s.held) {
+    s.m = DeviceBuffer<float>(s.count);
+    s.v = DeviceBuffer<float>(s.count);
+    s.held = true;
+    descriptors_stale_ = true;
+  }
+  s.m.zero(stream_);
+  s.v.zero(stream_);
+  s.t = 0;
+}
+
+void AdamW::release_state(std::size_t k) {
+  Slot& s = slots_.at(k);
+  s.t = 0;
+  if (!s.held) return;
+  s.m = DeviceBuffer<float>();  // cudaFree waits for the kernels that may still use them
+  s.v = DeviceBuffer<float>();
+  s.held = false;
+  descriptors_stale_ = true;
 }
 
 void AdamW::step(double grad_scale) {
   ++t_;
-  const AdamWStepCoefficients c = AdamWStepCoefficients::make(cfg_, lr_, t_);
+  std::vector<adamw_impl::TensorStep> steps(slots_.size());
+  for (std::size_t k = 0; k < slots_.size(); ++k) {
+    Slot& s = slots_[k];
+    if (!s.active) continue;      // zero-initialized: active = 0
+    if (!s.held) reset_state(k);  // dropped earlier and active again: fresh state
+    steps[k] = adamw_impl::TensorStep{AdamWStepCoefficients::make(cfg_, lr_, ++s.t), 1u};
+  }
   if (chunks_ == 0) return;
+  if (descriptors_stale_) upload_descriptors();
+  LORALAB_CUDA_CHECK(cudaMemcpyAsync(coef_.data(), steps.data(),
+                                     steps.size() * sizeof(adamw_impl::TensorStep),
+                                     cudaMemcpyHostToDevice, stream_));
   const auto* tensors = reinterpret_cast<const adamw_impl::TensorDesc*>(table_.data());
   const auto* chunks = reinterpret_cast<const adamw_impl::Chunk*>(
       table_.data() + adamw_impl::chunk_offset(slots_.size()));
   adamw_impl::adamw_kernel<<<static_cast<unsigned>(chunks_), adamw_impl::kThreads, 0, stream_>>>(
-      tensors, chunks, c, static_cast<float>(grad_scale), grad_scale != 1.0);
+      tensors, chunks, reinterpret_cast<const adamw_impl::TensorStep*>(coef_.data()),
+      static_cast<float>(grad_scale), grad_scale != 1.0);
   LORALAB_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -195,11 +255,18 @@ double AdamW::grad_squared_norm() {
 
 void AdamW::restore(std::int64_t steps, std::size_t k, std::span<const float> m,
                     std::span<const float> v) {
-  LORALAB_CHECK(k < slots_.size() && m.size() == slots_[k].count && v.size() == slots_[k].count,
-                "[loralab.state] AdamW restore: tensor ", k, " expects ",
-                k < slots_.size() ? slots_[k].count : 0, " moments, got ", m.size(), " and ",
-                v.size());
+  const bool dropped = k < slots_.size() && m.empty() && v.empty() && slots_[k].count > 0;
+  LORALAB_CHECK(
+      dropped || (k < slots_.size() && m.size() == slots_[k].count && v.size() == slots_[k].count),
+      "[loralab.state] AdamW restore: tensor ", k, " expects ",
+      k < slots_.size() ? slots_[k].count : 0, " moments, got ", m.size(), " and ", v.size());
   t_ = steps;
+  if (dropped) {  // the checkpoint was written while this tensor's state was dropped
+    release_state(k);
+    return;
+  }
+  reset_state(k);
+  slots_[k].t = steps;
   if (m.empty()) return;
   slots_[k].m.upload(m, stream_);
   slots_[k].v.upload(v, stream_);

@@ -129,15 +129,18 @@ class Gpt {
     for (auto& a : adapters_)
       if (a) a->zero_grad();
   }
-  /// \brief The tensors an optimizer updates, in model::Gpt's order: the shared pools then every
-  /// adapter's (A, B, mask); only the pools under a sharing policy; or the whole weight master
-  /// then the pools in full mode.
+  /// \brief The tensors an optimizer updates, in model::Gpt's order: in full mode one tensor per
+  /// gpt_layout() slot (block ids, projectable linears) then the pools; otherwise the shared pools
+  /// then every adapter's (A, B, mask) with its block; only the pools under a sharing policy.
   std::vector<DeviceParamTensor> parameters() {
     std::vector<DeviceParamTensor> out = core_.own_parameters();
     if (plan_) return out;  // the adapters hold assembled copies of pool rows, not parameters
-    for (auto& a : adapters_)
-      if (a)
-        for (auto& p : a->parameters()) out.push_back(p);
+    for (std::size_t m = 0; m < adapters_.size(); ++m)
+      if (adapters_[m])
+        for (auto& p : adapters_[m]->parameters()) {
+          p.block = int(m) / model::kModulesPerBlock;
+          out.push_back(p);
+        }
     return out;
   }
   /// \brief A trainable pool shared across blocks (see DeviceSharedPool).
@@ -146,6 +149,12 @@ class Gpt {
   }
   /// \brief Device input of module m in block l saved by the last forward.
   const T* linear_input(int l, model::Module m) const { return core_.linear_input(l, m); }
+  /// \brief The input of module m in block l saved by the last forward, on the host as fp32
+  /// (row-major [batch*seq x in]; what model::outlier_ratios reads). \throws Error as
+  /// linear_input.
+  std::vector<float> linear_input_host(int l, model::Module m) const {
+    return core_.linear_input_host(l, m);
+  }
 
   /// \brief Trainable parameters and device bytes by category for a batch of `tokens` rows
   /// (adapters' storage, gradients, AdamW state as cuda::AdamW holds it, masks, activations).

@@ -431,10 +431,20 @@ void GptCore<T>::zero_grad() {
 template <DeviceScalar T>
 std::vector<DeviceParamTensor> GptCore<T>::own_parameters() {
   std::vector<DeviceParamTensor> out;
-  if (full()) {
-    bf16* shadow = nullptr;
-    if constexpr (std::is_same_v<T, bf16>) shadow = weights_.data();
-    out.push_back(DeviceParamTensor{master_.data(), grads_.data(), nullptr, shadow, total_});
+  if (full()) {  // one tensor per slot, block ids and projectable linears as model::Gpt
+    const std::size_t first_block = model::block_slot(0, 0), per_block = 12;
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      const model::TensorSlot& s = slots_[k];
+      const bool in_block =
+          k >= first_block && k < first_block + per_block * std::size_t(cfg_.layers);
+      const bool linear = in_block && s.rows > 1;
+      bf16* shadow = nullptr;
+      if constexpr (std::is_same_v<T, bf16>) shadow = weights_.data() + s.offset;
+      out.push_back(DeviceParamTensor{master_.data() + s.offset, grads_.data() + s.offset, nullptr,
+                                      shadow, std::size_t(s.size()),
+                                      in_block ? int((k - first_block) / per_block) : -1,
+                                      linear ? s.rows : 0, linear ? s.cols : 0, linear});
+    }
   }
   for (auto& [name, pool] : pools_)
     out.push_back(DeviceParamTensor{pool.value.data(), pool.grad.data(), nullptr, nullptr,
@@ -473,6 +483,21 @@ const T* GptCore<T>::linear_input(int l, model::Module m) const {
     default:
       return a.g.data();
   }
+}
+
+template <DeviceScalar T>
+std::vector<float> GptCore<T>::linear_input_host(int l, model::Module m) const {
+  const T* x = linear_input(l, m);
+  const std::size_t in = std::size_t(m == model::Module::mlp_proj ? cfg_.ff() : cfg_.d_model);
+  const std::size_t n = std::size_t(batch_) * std::size_t(seq_) * in;
+  std::vector<float> out(n);
+  if (n == 0) return out;
+  std::vector<T> host(n);
+  LORALAB_CUDA_CHECK(
+      cudaMemcpyAsync(host.data(), x, n * sizeof(T), cudaMemcpyDeviceToHost, stream_));
+  LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (std::size_t i = 0; i < n; ++i) out[i] = to_float(host[i]);
+  return out;
 }
 
 template <DeviceScalar T>

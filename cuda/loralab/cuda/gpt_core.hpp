@@ -128,13 +128,18 @@ class GptCore {
   void backward();
   /// \brief Zeroes full-mode and pool gradients (adapters zero their own).
   void zero_grad();
-  /// \brief Full mode: the fp32 master of every weight (one tensor, CPU order). Then the pools.
+  /// \brief Full mode: one tensor per gpt_layout() slot (views into the fp32 master, its
+  /// gradient and, for bf16, the T copy), with model::Gpt's block ids and projectable linears.
+  /// Then the pools.
   std::vector<DeviceParamTensor> own_parameters();
   /// \brief The pool `name` with `size` entries, created zero-filled on first use.
   DeviceSharedPool& shared_pool(const std::string& name, std::size_t size);
   /// \brief Device input of module m in block l saved by the last forward [batch*seq x in].
   /// \throws Error with GptDeviceOptions::recompute for the inputs it does not keep.
   const T* linear_input(int l, model::Module m) const;
+  /// \brief linear_input(l, m) copied to the host as fp32 (row-major [batch*seq x in]; bf16
+  /// converted exactly). \throws Error as linear_input.
+  std::vector<float> linear_input_host(int l, model::Module m) const;
   /// \brief Bytes of activations this model keeps for backward for `tokens` rows (T and fp32).
   std::int64_t activation_bytes(std::int64_t tokens) const;
   /// \brief Number of base weight entries (every tensor of GptWeights).
