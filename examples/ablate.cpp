@@ -19,6 +19,7 @@
 #include <loralab/cuda/gpt.hpp>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -65,7 +66,24 @@ struct Options {
   double drop_rate = 0.1, kl_lambda = 1.0;
   bool drop_all_layers = false;     // default: the latter half of the blocks (HiddenKey's decoders)
   std::int64_t train_examples = 0;  // > 0: fine-tune on this many examples only (overfitting)
+  // Layer sampling and GaLore arms (methods.md 5.6 [CHOICE] for this model size): gamma blocks
+  // (0 = max(1, L/4), OwLore's 5 of 32 rounded up), period K, GaLore rank (0 = --rank), refresh
+  // period T and scale alpha (OwLore's 100 and 1), refresh method, optimizer-state policy, and
+  // OWL's outlier threshold M.
+  int sample_gamma = 0;
+  std::int64_t sample_period = 20;
+  int galore_rank = 0;
+  std::int64_t galore_period = 100;
+  double galore_scale = 1.0;
+  std::string galore_refresh = "exact";
+  std::string state_policy = "keep";
+  double outlier_threshold = sampling::kOwloreOutlierThreshold;
+  std::vector<double> outlier_ratios;  // D_l of the base, computed when an arm samples by them
 };
+
+int gamma_of(const Options& o) {
+  return o.sample_gamma > 0 ? o.sample_gamma : std::max(1, o.model.layers / 4);
+}
 
 // The model type of an arm on the chosen device, built in place (models are not movable).
 template <class Model>
@@ -239,6 +257,7 @@ struct ArmRun {
   std::int64_t optimizer_bytes = 0;
   std::int64_t peak_device_bytes = -1;  // measured on the GPU (every DeviceBuffer); -1 on the CPU
   int rank = 0;                         // the adapters' (actual) rank
+  std::int64_t trainable_per_step = 0;  // what trains in one period (layer sampling: E+H+gamma)
 };
 
 struct Arm {
@@ -251,14 +270,32 @@ struct Arm {
 
 // Sets an arm's rank, sharing sizes and dropout from the options (default: --rank, none).
 using Configure = std::function<void(const Options&, model::GptOptions&)>;
+// Sets an arm's layer sampler and optimizer extras (GaLore, state policy); default: none.
+using TrainSetup = std::function<void(const Options&, std::uint64_t seed, train::TrainConfig&)>;
+
+// Entries of the tensors that train in the first sampling period (all of them without sampling).
+template <class Params>
+std::int64_t trainable_in_first_period(const Params& params, const train::TrainConfig& cfg) {
+  const std::vector<bool> on = cfg.sampler ? cfg.sampler->active_at(0) : std::vector<bool>{};
+  std::int64_t n = 0;
+  for (const auto& p : params) {
+    std::int64_t size = 0;
+    if constexpr (requires { p.value.size(); })
+      size = std::int64_t(p.value.size());
+    else
+      size = std::int64_t(p.size);
+    if (p.block < 0 || on.empty() || on[std::size_t(p.block)]) n += size;
+  }
+  return n;
+}
 
 template <class Spec>
-Arm make_arm(std::string name, model::TrainMode mode, std::string summary,
-             Configure configure = {}) {
+Arm make_arm(std::string name, model::TrainMode mode, std::string summary, Configure configure = {},
+             TrainSetup setup = {}) {
   return Arm{
       name, std::move(summary),
-      [name, mode, configure](const Options& o, const Task& task,
-                              const model::GptWeights<float>& base, std::uint64_t seed) {
+      [name, mode, configure, setup](const Options& o, const Task& task,
+                                     const model::GptWeights<float>& base, std::uint64_t seed) {
         return on_device<Spec>(o, [&]<class Model>() {
           model::GptWeights<float> w = base;  // every arm starts from the same base
           model::GptOptions opts;
@@ -277,6 +314,7 @@ Arm make_arm(std::string name, model::TrainMode mode, std::string summary,
           cfg.warmup = std::min<std::int64_t>(50, o.steps / 10);
           cfg.eval_every = o.eval_every;
           cfg.label = name + "/seed" + std::to_string(seed);
+          if (setup) setup(o, seed, cfg);
           auto loss_of = [&](const data::Batch& b) {
             return m->forward(b.tokens, b.targets, int(b.batch), int(b.length), Pass{false, 0});
           };
@@ -292,7 +330,8 @@ Arm make_arm(std::string name, model::TrainMode mode, std::string summary,
           r.curve = res.curve;
           r.tokens_per_second = res.tokens_per_second;
           r.memory = m->memory(std::int64_t(o.batch) * o.model.context);
-          r.optimizer_bytes = t.optimizer().state_bytes();
+          r.optimizer_bytes = res.peak_optimizer_state_bytes;  // the largest held during the run
+          r.trainable_per_step = trainable_in_first_period(m->parameters(), cfg);
 #if LORALAB_HAS_CUDA
           if constexpr (requires { typename Model::optimizer_type; })
             r.peak_device_bytes = cuda::device_memory().peak;
@@ -400,7 +439,71 @@ std::map<std::string, Arm> make_arms() {
   add(make_arm<Adapter<DynamicRank>>("hiddenkey-minus-js", adapters,
                                      "HiddenKey- + JS against the deterministic pass",
                                      preset(dropout::Compensation::js)));
+
+  // Layer sampling and GaLore (methods.md 5): full fine-tuning with the projection, LISA's
+  // uniform and decreasing draws, OwLore (OWL-weighted draws + GaLore) and OwLore without GaLore.
+  constexpr auto full = model::TrainMode::full;
+  const auto galore = [](const Options& o) {
+    GaloreConfig g;
+    g.rank = o.galore_rank > 0 ? o.galore_rank : o.rank;
+    g.period = o.galore_period;
+    g.scale = o.galore_scale;
+    g.refresh =
+        o.galore_refresh == "randomized" ? GaloreRefresh::randomized : GaloreRefresh::exact_svd;
+    return g;
+  };
+  const auto sample = [galore]<class Policy>(Policy, bool with_galore) {
+    return [=](const Options& o, std::uint64_t seed, train::TrainConfig& cfg) {
+      cfg.sampler = sampling::LayerSampler::make<Policy>(
+          o.model.layers,
+          sampling::SamplerConfig{.gamma = gamma_of(o), .period = o.sample_period, .seed = seed},
+          SamplingInputs{o.outlier_ratios, {}});
+      cfg.optimizer.state = parse_state_policy(o.state_policy);
+      if (with_galore) cfg.optimizer.galore = galore(o);
+    };
+  };
+  add(make_arm<Adapter<DynamicRank>>(
+      "galore", full, "full fine-tuning with GaLore (--galore-rank, --galore-period)", {},
+      [galore](const Options& o, std::uint64_t, train::TrainConfig& cfg) {
+        cfg.optimizer.galore = galore(o);
+      }));
+  add(make_arm<Adapter<DynamicRank>>("lisa", full,
+                                     "LISA: --sample-gamma uniform blocks every --sample-period",
+                                     {}, sample(UniformBlocks{}, false)));
+  add(make_arm<Adapter<DynamicRank>>("lisa-d", full, "LISA with p_l proportional to L - l", {},
+                                     sample(DecreasingBlocks{}, false)));
+  add(make_arm<Adapter<DynamicRank>>("owlore", full,
+                                     "OwLore: outlier-weighted blocks trained with GaLore", {},
+                                     sample(OutlierWeighted{}, true)));
+  add(make_arm<Adapter<DynamicRank>>("owlore-full-rank", full,
+                                     "OwLore without GaLore (outlier-weighted LISA)", {},
+                                     sample(OutlierWeighted{}, false)));
   return arms;
+}
+
+// OWL's outlier ratios of the base (methods.md 5.2): calibration on 4 batches of the
+// pretraining distribution (our C4), through the frozen base on the CPU; written to the output.
+std::vector<double> base_outlier_ratios(const Options& o, const Task& task,
+                                        const model::GptWeights<float>& base) {
+  model::GptWeights<float> w = base;
+  model::GptOptions opts;
+  opts.mode = model::TrainMode::full;
+  model::Gpt<Adapter<DynamicRank>, float> m(w, opts);
+  std::vector<data::Batch> calibration;
+  for (int k = 0; k < 4; ++k) calibration.push_back(task.pretrain_batch(0xCA11B, k));
+  const std::vector<double> d =
+      model::outlier_ratios(m, w, std::span<const data::Batch>(calibration), o.outlier_threshold);
+  const std::vector<double> p = sampling::outlier_probabilities(d);
+  std::ofstream csv(o.out / "outlier_ratios.csv");
+  csv << "block,outlier_ratio_percent,probability\n";
+  std::fprintf(stderr, "[ablate] OWL outlier ratios (M=%g, %zu calibration sequences):",
+               o.outlier_threshold, calibration.size() * std::size_t(o.batch));
+  for (std::size_t l = 0; l < d.size(); ++l) {
+    csv << l << ',' << d[l] << ',' << p[l] << '\n';
+    std::fprintf(stderr, " %.3f", d[l]);
+  }
+  std::fprintf(stderr, " (written to %s)\n", (o.out / "outlier_ratios.csv").string().c_str());
+  return d;
 }
 
 // ---- command line -----------------------------------------------------------------------------
@@ -423,8 +526,9 @@ void usage(const std::map<std::string, Arm>& arms) {
       "                       prolora,lora-e,lora-r,lora-8e, or 'dropout' for "
       "lora,lora-input-drop,\n"
       "                       dropkey-element,dropkey-column,dropattention,hiddencut-element,\n"
-      "                       hiddencut-span,hiddenkey-minus,hiddenkey,hiddenkey-minus-js; "
-      "available:\n");
+      "                       hiddencut-span,hiddenkey-minus,hiddenkey,hiddenkey-minus-js, or "
+      "'owlore' for\n"
+      "                       full,lora,galore,lisa,owlore,owlore-full-rank; available:\n");
   for (const auto& [name, arm] : arms)
     std::printf("                         %-15s %s\n", name.c_str(), arm.summary.c_str());
   std::printf(
@@ -458,6 +562,13 @@ void usage(const std::map<std::string, Arm>& arms) {
       "  --drop-all-layers    dropout arms act in every block (default: the latter half)\n"
       "  --train-examples N   fine-tune on N examples only (synthetic) or N windows of text\n"
       "                       (fortunes), for many epochs: the regime where LoRA overfits\n"
+      "  --sample-gamma G     blocks trained per period by lisa, lisa-d, owlore* (default "
+      "max(1, L/4))\n"
+      "  --sample-period K    steps between draws (default 20)\n"
+      "  --galore-rank R      GaLore rank (default --rank); --galore-period T (default 100);\n"
+      "                       --galore-scale A (default 1); --galore-refresh exact|randomized\n"
+      "  --state-policy P     optimizer state of unsampled blocks: keep (default), reset, drop\n"
+      "  --outlier-threshold M   OWL's M for the owlore arms (default 13)\n"
       "  --no-plot            skip curves.png\n");
 }
 
@@ -488,7 +599,25 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
         o.arms = {"lora",          "lora-input-drop",   "dropkey-element", "dropkey-column",
                   "dropattention", "hiddencut-element", "hiddencut-span",  "hiddenkey-minus",
                   "hiddenkey",     "hiddenkey-minus-js"};
-    } else if (a == "--mos-budget")
+      if (o.arms == std::vector<std::string>{"owlore"})
+        o.arms = {"full", "lora", "galore", "lisa", "owlore", "owlore-full-rank"};
+    } else if (a == "--sample-gamma")
+      o.sample_gamma = std::stoi(value());
+    else if (a == "--sample-period")
+      o.sample_period = std::stoll(value());
+    else if (a == "--galore-rank")
+      o.galore_rank = std::stoi(value());
+    else if (a == "--galore-period")
+      o.galore_period = std::stoll(value());
+    else if (a == "--galore-scale")
+      o.galore_scale = std::stod(value());
+    else if (a == "--galore-refresh")
+      o.galore_refresh = value();
+    else if (a == "--state-policy")
+      o.state_policy = value();
+    else if (a == "--outlier-threshold")
+      o.outlier_threshold = std::stod(value());
+    else if (a == "--mos-budget")
       o.mos_budget = std::stoi(value());
     else if (a == "--mos-rank")
       o.mos_rank = std::stoi(value());
@@ -566,6 +695,10 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
   for (const auto& name : o.arms)
     LORALAB_CHECK(arms.count(name), "[loralab.config] unknown arm '", name,
                   "' (see --help for the list)");
+  LORALAB_CHECK(o.galore_refresh == "exact" || o.galore_refresh == "randomized",
+                "[loralab.config] --galore-refresh '", o.galore_refresh,
+                "': use exact or randomized");
+  parse_state_policy(o.state_policy);  // throws with the accepted names
   o.model.validate();
   return o;
 }
@@ -575,7 +708,7 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
 int main(int argc, char** argv) {
   try {
     const auto arms = make_arms();
-    const Options o = parse(argc, argv, arms);
+    Options o = parse(argc, argv, arms);
     fs::create_directories(o.out);
     Eigen::setNbThreads(o.threads);
     const Task task =
@@ -597,19 +730,21 @@ int main(int argc, char** argv) {
       return w;
     }();
     const std::int64_t base_bytes = std::int64_t(base.flat().size() * sizeof(float));
+    if (std::any_of(o.arms.begin(), o.arms.end(),
+                    [](const std::string& a) { return a.starts_with("owlore"); }))
+      o.outlier_ratios = base_outlier_ratios(o, task, base);
 
     std::ofstream results(o.out / "results.csv"), curves(o.out / "curves.csv");
-    results
-        << "arm,seed,rank,trainable_params,optimizer_state_bytes,accounted_memory_bytes,final_eval_"
-           "loss,final_"
-        << task.metric_name << ",tokens_per_second,peak_device_bytes\n";
+    results << "arm,seed,rank,trainable_params,trainable_per_step,optimizer_state_bytes,accounted_"
+               "memory_bytes,final_eval_loss,final_"
+            << task.metric_name << ",tokens_per_second,peak_device_bytes\n";
     curves << "arm,seed,step,train_loss,eval_loss," << task.metric_name << "\n";
     const bool gpu = o.device == "cuda";
     std::printf("device: %s%s\n", o.device.c_str(),
                 gpu ? (" (" + o.dtype + (o.recompute ? ", recompute" : "") + ")").c_str() : "");
-    std::printf("%-18s %4s %12s %12s %14s %22s %10s%s\n", "arm", "rank", "trainable", "optim bytes",
-                "memory bytes", (task.metric_name + " (mean +- sd)").c_str(), "tok/s",
-                gpu ? "  peak device bytes" : "");
+    std::printf("%-18s %4s %12s %12s %14s %22s %10s%s\n", "arm", "rank", "train/step",
+                "optim bytes", "memory bytes", (task.metric_name + " (mean +- sd)").c_str(),
+                "tok/s", gpu ? "  peak device bytes" : "");
     for (const auto& name : o.arms) {
       std::vector<double> finals;
       double tps = 0;
@@ -623,9 +758,9 @@ int main(int argc, char** argv) {
         const std::int64_t memory = base_bytes + last.memory.total_bytes() -
                                     last.memory.optimizer_state_bytes + last.optimizer_bytes;
         results << name << ',' << seed << ',' << last.rank << ',' << last.memory.trainable_params
-                << ',' << last.optimizer_bytes << ',' << memory << ',' << end.eval.loss << ','
-                << end.eval.metric << ',' << last.tokens_per_second << ',' << last.peak_device_bytes
-                << '\n';
+                << ',' << last.trainable_per_step << ',' << last.optimizer_bytes << ',' << memory
+                << ',' << end.eval.loss << ',' << end.eval.metric << ',' << last.tokens_per_second
+                << ',' << last.peak_device_bytes << '\n';
         for (const auto& p : last.curve)
           curves << name << ',' << seed << ',' << p.step << ',' << p.train_loss << ','
                  << p.eval.loss << ',' << p.eval.metric << '\n';
@@ -638,7 +773,7 @@ int main(int argc, char** argv) {
                                   last.memory.optimizer_state_bytes + last.optimizer_bytes;
       const std::string rank = last.rank > 0 ? std::to_string(last.rank) : "-";
       std::printf("%-18s %4s %12lld %12lld %14lld %14.4f +- %.4f %10.0f", name.c_str(),
-                  rank.c_str(), static_cast<long long>(last.memory.trainable_params),
+                  rank.c_str(), static_cast<long long>(last.trainable_per_step),
                   static_cast<long long>(last.optimizer_bytes), static_cast<long long>(memory),
                   mean, std::sqrt(var), tps);
       if (gpu) std::printf("  %17lld", static_cast<long long>(last.peak_device_bytes));

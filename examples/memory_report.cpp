@@ -58,9 +58,9 @@ int main(int argc, char** argv) {
         {"GaLore r=" + std::to_string(galore_rank), false, 0, 0, true, galore_rank,
          StatePolicy::keep}};
     for (StatePolicy p : {StatePolicy::keep, StatePolicy::reset, StatePolicy::drop})
-      methods.push_back({"LISA g=" + std::to_string(lisa_gamma) + " " +
-                             std::string(state_policy_name(p)),
-                         false, 0, lisa_gamma, false, 0, p});
+      methods.push_back(
+          {"LISA g=" + std::to_string(lisa_gamma) + " " + std::string(state_policy_name(p)), false,
+           0, lisa_gamma, false, 0, p});
     for (StatePolicy p : {StatePolicy::keep, StatePolicy::reset, StatePolicy::drop})
       methods.push_back({"OwLore g=" + std::to_string(owlore_gamma) + " r=" +
                              std::to_string(galore_rank) + " " + std::string(state_policy_name(p)),

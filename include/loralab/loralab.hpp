@@ -18,7 +18,9 @@
 /// \defgroup cpu CPU backend
 /// \brief Eigen implementations.
 /// \defgroup optim Optimizers
-/// \brief Mask-aware AdamW.
+/// \brief Mask-aware AdamW, GaLore gradient projection, optimizer-state policies.
+/// \defgroup sampling Layer sampling
+/// \brief LISA / OwLore block sampling and OWL's layerwise outlier ratios.
 /// \defgroup cuda CUDA backend
 /// \brief Device storage, error checking and kernels (cuda/loralab/cuda/).
 /// \defgroup model Model
@@ -40,6 +42,7 @@
 #include "loralab/cpu/adamw.hpp"
 #include "loralab/cpu/adapted_linear.hpp"
 #include "loralab/cpu/eigen_types.hpp"
+#include "loralab/cpu/galore.hpp"
 #include "loralab/data/batch.hpp"
 #include "loralab/data/fortunes.hpp"
 #include "loralab/data/synthetic.hpp"
@@ -49,8 +52,15 @@
 #include "loralab/io/safetensors.hpp"
 #include "loralab/io/shard_pools.hpp"
 #include "loralab/model/gpt.hpp"
+#include "loralab/model/outliers.hpp"
 #include "loralab/optim/adamw.hpp"
+#include "loralab/optim/galore.hpp"
+#include "loralab/optim/optimizer_options.hpp"
 #include "loralab/optim/param_tensor.hpp"
+#include "loralab/policy/sampling.hpp"
+#include "loralab/sampling/layer_sampler.hpp"
+#include "loralab/sampling/outliers.hpp"
+#include "loralab/train/memory_plan.hpp"
 #include "loralab/train/trainer.hpp"
 #include "loralab/train/weights_cache.hpp"
 #include "loralab/version.hpp"

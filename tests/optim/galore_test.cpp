@@ -71,11 +71,15 @@ TEST_CASE("projector: orthonormal, sided by shape, with the state shapes of the 
     if (c.side != GaloreSide::left) CHECK((p.right() * p.right().transpose() - I).norm() <= 1e-12);
     // right: moments m x r, projector r x n; left: r x n and m x r; `std` picks the side that
     // makes them r x max(m, n) and r x min(m, n) (5.4's memory formula)
-    if (c.side == GaloreSide::right) CHECK((s.moment_size() == 3 * c.m && s.projector_size == 3 * c.n));
-    if (c.side == GaloreSide::left) CHECK((s.moment_size() == 3 * c.n && s.projector_size == 3 * c.m));
-    if (c.side == GaloreSide::both) CHECK((s.moment_size() == 9 && s.projector_size == 3 * (c.m + c.n)));
+    if (c.side == GaloreSide::right)
+      CHECK((s.moment_size() == 3 * c.m && s.projector_size == 3 * c.n));
+    if (c.side == GaloreSide::left)
+      CHECK((s.moment_size() == 3 * c.n && s.projector_size == 3 * c.m));
+    if (c.side == GaloreSide::both)
+      CHECK((s.moment_size() == 9 && s.projector_size == 3 * (c.m + c.n)));
     if (c.type == GaloreProjection::standard)
-      CHECK((s.moment_size() == 3 * std::max(c.m, c.n) && s.projector_size == 3 * std::min(c.m, c.n)));
+      CHECK((s.moment_size() == 3 * std::max(c.m, c.n) &&
+             s.projector_size == 3 * std::min(c.m, c.n)));
     MatrixR<double> R;
     p.project(random_matrix(c.m, c.n, 2), R);
     CHECK(R.size() == s.moment_size());
@@ -121,7 +125,7 @@ TEST_CASE("GaLore step: every update lies in the projected subspace; P changes o
     OneWeight w(m, n);
     const GaloreConfig g{.rank = 2, .period = 3, .scale = 0.5};
     train::HostOptimizer<double> opt(w, AdamWConfig{.lr = 0.01, .weight_decay = 0.0},
-                                      OptimizerOptions{g, StatePolicy::keep});
+                                     OptimizerOptions{g, StatePolicy::keep});
     REQUIRE(opt.projected(0));
     std::vector<double> before_p;
     for (int t = 0; t < 8; ++t) {
@@ -193,8 +197,8 @@ TEST_CASE("randomized range finder: close to the exact subspace on a matrix with
   const MatrixR<double> G = low_rank_plus_noise(60, 40, 4, 7);
   cpu::GaloreProjector<double> exact({.rank = 4}, 60, 40);
   cpu::GaloreProjector<double> fast(
-      {.rank = 4, .refresh = GaloreRefresh::randomized, .power_iterations = 2, .oversample = 4},
-      60, 40);
+      {.rank = 4, .refresh = GaloreRefresh::randomized, .power_iterations = 2, .oversample = 4}, 60,
+      40);
   exact.refresh(G, 0);
   fast.refresh(G, 0);
   const MatrixR<double> Pe = exact.right().transpose() * exact.right();
@@ -211,12 +215,13 @@ TEST_CASE("randomized range finder: close to the exact subspace on a matrix with
 }
 
 TEST_CASE("GaLore rejects bad configurations") {
-  CHECK(testing::error_of([] { cpu::GaloreProjector<float>({.rank = 0}, 4, 4); })
-            .find("rank=0") != std::string::npos);
+  CHECK(testing::error_of([] { cpu::GaloreProjector<float>({.rank = 0}, 4, 4); }).find("rank=0") !=
+        std::string::npos);
   cpu::GaloreProjector<float> p({.rank = 2}, 4, 3);
   MatrixR<float> R;
-  CHECK(testing::error_of([&] { p.project(MatrixR<float>::Zero(4, 3), R); })
-            .find("before the first refresh") != std::string::npos);
-  CHECK(testing::error_of([&] { p.refresh(MatrixR<float>::Zero(3, 4), 0); })
-            .find("[3 x 4]") != std::string::npos);
+  CHECK(testing::error_of([&] {
+          p.project(MatrixR<float>::Zero(4, 3), R);
+        }).find("before the first refresh") != std::string::npos);
+  CHECK(testing::error_of([&] { p.refresh(MatrixR<float>::Zero(3, 4), 0); }).find("[3 x 4]") !=
+        std::string::npos);
 }

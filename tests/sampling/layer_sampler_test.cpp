@@ -46,8 +46,8 @@ std::vector<double> exact_inclusion(const std::vector<double>& w, int gamma) {
 }  // namespace
 
 TEST_CASE("draws happen exactly at steps 0, K, 2K, ... and hold within a period") {
-  const auto s = LayerSampler::make<UniformBlocks>(8, SamplerConfig{.gamma = 3, .period = 5,
-                                                                    .seed = testing::kSeed});
+  const auto s = LayerSampler::make<UniformBlocks>(
+      8, SamplerConfig{.gamma = 3, .period = 5, .seed = testing::kSeed});
   for (std::int64_t step = 0; step < 40; ++step) {
     CHECK(s.resamples_at(step) == (step % 5 == 0));
     CHECK(s.blocks_at(step) == s.blocks_at(step - step % 5));  // constant within the period
@@ -80,8 +80,8 @@ TEST_CASE("every period has gamma distinct blocks; draws are a pure function of 
 
 TEST_CASE("gamma = 1: selection frequencies converge to p_l") {
   const std::vector<double> w = {5, 1, 3, 0.5, 0.5};
-  const auto s = LayerSampler::make<CustomWeights>(5, SamplerConfig{.gamma = 1, .period = 1, .seed = 3},
-                                                   SamplingInputs{{}, w});
+  const auto s = LayerSampler::make<CustomWeights>(
+      5, SamplerConfig{.gamma = 1, .period = 1, .seed = 3}, SamplingInputs{{}, w});
   const int draws = 40000;
   std::vector<double> freq(5, 0);
   for (int t = 0; t < draws; ++t) freq[s.blocks_at(t)[0]] += 1.0 / draws;
@@ -93,7 +93,8 @@ TEST_CASE("gamma = 1: selection frequencies converge to p_l") {
   }
 }
 
-TEST_CASE("gamma > 1: frequencies converge to the exact successive-sampling inclusion probabilities") {
+TEST_CASE(
+    "gamma > 1: frequencies converge to the exact successive-sampling inclusion probabilities") {
   const std::vector<double> w = {0.1225, 0.1351, 0.0583, 0.0524, 0.02, 0.3};  // OwLore-like skew
   for (int gamma : {2, 3}) {
     const auto s = LayerSampler::make<CustomWeights>(
@@ -146,16 +147,19 @@ TEST_CASE("AllBlocks does not sample; uniform and increasing weights") {
 
 TEST_CASE("layer sampling rejects bad configurations by name") {
   using testing::error_of;
-  CHECK(error_of([] { LayerSampler::make<UniformBlocks>(4, {.gamma = 5}); })
-            .find("gamma=5") != std::string::npos);
-  CHECK(error_of([] { LayerSampler::make<UniformBlocks>(4, {.gamma = 1, .period = 0}); })
-            .find("K=0") != std::string::npos);
+  CHECK(error_of([] { LayerSampler::make<UniformBlocks>(4, {.gamma = 5}); }).find("gamma=5") !=
+        std::string::npos);
+  CHECK(error_of([] {
+          LayerSampler::make<UniformBlocks>(4, {.gamma = 1, .period = 0});
+        }).find("K=0") != std::string::npos);
   CHECK(error_of([] { LayerSampler::make<OutlierWeighted>(4, {}); }).find("outlier ratio") !=
         std::string::npos);
   const std::vector<double> w = {1, 0, 0, 0};
-  CHECK(error_of([&] { LayerSampler::make<CustomWeights>(4, {.gamma = 2}, {{}, w}); })
-            .find("only 1 blocks") != std::string::npos);
+  CHECK(error_of([&] {
+          LayerSampler::make<CustomWeights>(4, {.gamma = 2}, {{}, w});
+        }).find("only 1 blocks") != std::string::npos);
   const std::vector<double> neg = {1, -1, 1, 1};
-  CHECK(error_of([&] { LayerSampler::make<CustomWeights>(4, {.gamma = 2}, {{}, neg}); })
-            .find("weight of block 1") != std::string::npos);
+  CHECK(error_of([&] {
+          LayerSampler::make<CustomWeights>(4, {.gamma = 2}, {{}, neg});
+        }).find("weight of block 1") != std::string::npos);
 }

@@ -25,8 +25,9 @@ TEST_CASE("channel norms: sqrt of the mean over samples of the per-sample sum of
   const auto a = n.norms();
   CHECK(a[0] == doctest::Approx(std::sqrt((1.0 + 9.0 + 0.0) / 2)));
   CHECK(a[1] == doctest::Approx(std::sqrt((4.0 + 16.0 + 1.0) / 2)));
-  CHECK(testing::error_of([&] { n.add_sample(std::span<const float>(s1), 3); })
-            .find("4 values for 3 tokens") != std::string::npos);
+  CHECK(testing::error_of([&] {
+          n.add_sample(std::span<const float>(s1), 3);
+        }).find("4 values for 3 tokens") != std::string::npos);
 }
 
 TEST_CASE("a hand-counted block: the threshold is M times the mean over ALL its sublayers") {
@@ -49,7 +50,8 @@ TEST_CASE("a hand-counted block: the threshold is M times the mean over ALL its 
 
 TEST_CASE("D is invariant to scaling the whole block's weights or its inputs; p sums to 1") {
   std::vector<double> w(6 * 4), a(4);
-  for (std::size_t i = 0; i < w.size(); ++i) w[i] = std::sin(double(i) * 1.7) * (i % 7 == 0 ? 9 : 1);
+  for (std::size_t i = 0; i < w.size(); ++i)
+    w[i] = std::sin(double(i) * 1.7) * (i % 7 == 0 ? 9 : 1);
   for (std::size_t c = 0; c < a.size(); ++c) a[c] = 0.5 + double(c);
   std::vector<double> w_scaled = w, a_scaled = a;
   for (double& x : w_scaled) x *= 3.25;
@@ -136,7 +138,8 @@ TEST_CASE("calibration through the decoder: D_l from its own linear inputs, bloc
   // Changing block 2's weights leaves the earlier blocks' ratios bitwise alone (their inputs and
   // weights are untouched), and changes block 2's.
   for (int k = 0; k < 4; ++k) w.weight(2, model::Module(k)).row(0) *= 40.0;
-  const std::vector<double> d2 = model::outlier_ratios(m, w, std::span<const data::Batch>(calib), M);
+  const std::vector<double> d2 =
+      model::outlier_ratios(m, w, std::span<const data::Batch>(calib), M);
   CHECK(d2[0] == d[0]);
   CHECK(d2[1] == d[1]);
   CHECK(d2[2] != d[2]);

@@ -26,7 +26,9 @@ struct ThreeBlocks {
     for (int b = -1; b < 3; ++b) {
       const std::size_t off = std::size_t(b + 1) * 4;
       out.push_back({std::span<float>(value).subspan(off, 4),
-                     std::span<const float>(grad).subspan(off, 4), {}, b});
+                     std::span<const float>(grad).subspan(off, 4),
+                     {},
+                     b});
     }
     return out;
   }
@@ -64,7 +66,8 @@ std::vector<float> slice(const model::GptWeights<float>& w, const std::string& p
 
 }  // namespace
 
-TEST_CASE("state policies: keep holds an inactive block's state, reset zeroes on a draw, drop frees") {
+TEST_CASE(
+    "state policies: keep holds an inactive block's state, reset zeroes on a draw, drop frees") {
   for (StatePolicy policy : {StatePolicy::keep, StatePolicy::reset, StatePolicy::drop}) {
     INFO("policy " << state_policy_name(policy));
     ThreeBlocks m;
@@ -78,7 +81,7 @@ TEST_CASE("state policies: keep holds an inactive block's state, reset zeroes on
     opt.step(1.0);
     opt.step(1.0);
     CHECK(opt.values(2) == frozen_values);  // an inactive block never moves: no decay either
-    CHECK(opt.tensor_steps(0) == 4);       // always-on tensor
+    CHECK(opt.tensor_steps(0) == 4);        // always-on tensor
     if (policy == StatePolicy::reset) {
       CHECK(opt.tensor_steps(1) == 2);  // zeroed at the draw, then two steps
       CHECK(opt.tensor_steps(2) == 2);
@@ -176,9 +179,9 @@ TEST_CASE("a sampled GaLore run with dropped states resumes bit for bit") {
     cfg.progress = false;
     cfg.checkpoint = dir.path / "galore.safetensors";
     cfg.stop_after = stop_after;
-    cfg.optimizer = OptimizerOptions{GaloreConfig{.rank = 4, .period = 2, .scale = 0.5,
-                                                  .refresh = GaloreRefresh::randomized},
-                                     StatePolicy::drop};
+    cfg.optimizer = OptimizerOptions{
+        GaloreConfig{.rank = 4, .period = 2, .scale = 0.5, .refresh = GaloreRefresh::randomized},
+        StatePolicy::drop};
     cfg.sampler = sampling::LayerSampler::make<DecreasingBlocks>(
         4, sampling::SamplerConfig{.gamma = 2, .period = 3, .seed = 5});
     train::Trainer<decltype(m)> t(m, cfg, copy_batch, [] { return train::EvalResult{}; });

@@ -30,8 +30,8 @@ TEST_CASE("optimizer state: GaLore r = 256 per block, and keep vs drop for LISA 
   MethodPlan owl_keep = owl;
   owl_keep.state = StatePolicy::keep;
   const std::int64_t outer_state = 2 * s.outer_params();
-  const std::int64_t per_block = 4 * (256 * 4096 + 2 * 256 * 4096) +
-                                 3 * (256 * 4096 + 2 * 256 * 11008) + 2 * 2 * 4096;
+  const std::int64_t per_block =
+      4 * (256 * 4096 + 2 * 256 * 4096) + 3 * (256 * 4096 + 2 * 256 * 11008) + 2 * 2 * 4096;
   CHECK(per_block == doctest::Approx(32.6e6).epsilon(2e-3));
   CHECK(train::plan_memory(s, owl, a).optimizer == outer_state + 5 * per_block);
   CHECK(train::plan_memory(s, owl_keep, a).optimizer == outer_state + 32 * per_block);
@@ -43,8 +43,7 @@ TEST_CASE("optimizer state: GaLore r = 256 per block, and keep vs drop for LISA 
   CHECK(train::plan_memory(s, lisa, a).optimizer == outer_state + 32 * 2 * block);
   CHECK(train::plan_memory(s, lisa, a).trainable == s.outer_params() + 2 * block);
   // gradients are full-size for what trains (formed before projection)
-  CHECK(train::plan_memory(s, owl, a).gradients ==
-        2 * (s.outer_params() + 5 * block));
+  CHECK(train::plan_memory(s, owl, a).gradients == 2 * (s.outer_params() + 5 * block));
   // LoRA r = 8 on the 7 linears: r * sum(in + out) per block
   MethodPlan lora{"lora", true, 8};
   CHECK(train::plan_memory(s, lora, a).trainable == 32 * 8 * (8 * 4096 + 3 * (4096 + 11008)));

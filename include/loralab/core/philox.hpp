@@ -52,18 +52,18 @@ LORALAB_HOST_DEVICE Philox4x32Block philox4x32_10(Philox4x32Block ctr, std::uint
 /// \ingroup core
 /// \brief What a random stream is used for; the top byte of a stream id.
 enum class RngPurpose : std::uint8_t {
-  init_a = 1,         ///< initial values of A
-  init_b = 2,         ///< initial values of B (non-zero inits only)
-  freeze_mask_a = 3,  ///< LoRA-SP mask of A
-  freeze_mask_b = 4,  ///< LoRA-SP mask of B
-  input_dropout = 5,  ///< dropout on the adapter input, keyed by step
-  share_index = 6,    ///< MoS index tables (permutations of pool shards)
-  share_pool = 7,     ///< initial values of shared pools
-  model_dropout = 8,  ///< the dropout framework's masks (dropout/masks.hpp)
+  init_a = 1,          ///< initial values of A
+  init_b = 2,          ///< initial values of B (non-zero inits only)
+  freeze_mask_a = 3,   ///< LoRA-SP mask of A
+  freeze_mask_b = 4,   ///< LoRA-SP mask of B
+  input_dropout = 5,   ///< dropout on the adapter input, keyed by step
+  share_index = 6,     ///< MoS index tables (permutations of pool shards)
+  share_pool = 7,      ///< initial values of shared pools
+  model_dropout = 8,   ///< the dropout framework's masks (dropout/masks.hpp)
   layer_sampling = 9,  ///< LISA / OwLore block draws, keyed by the sampling period
   galore_sketch = 10,  ///< GaLore's randomized range finder, keyed by tensor and refresh
   rosa_subspace = 11,  ///< ROSA's index draws, keyed by module and re-factorization
-  user = 255,         ///< free for user code and tests
+  user = 255,          ///< free for user code and tests
 };
 
 /// \ingroup core

@@ -51,9 +51,9 @@ class GaloreProjector {
   /// \brief Recomputes the projector from the gradient `G` [m x n]. `tensor` and the refresh
   /// count key the randomized sketch.
   void refresh(const Eigen::Ref<const MatrixR<T>>& G, std::uint32_t tensor) {
-    LORALAB_CHECK(G.rows() == rows_ && G.cols() == cols_, "[loralab.shape] GaLore refresh: ",
-                  "gradient [", G.rows(), " x ", G.cols(), "], projector for [", rows_, " x ",
-                  cols_, "]");
+    LORALAB_CHECK(G.rows() == rows_ && G.cols() == cols_,
+                  "[loralab.shape] GaLore refresh: ", "gradient [", G.rows(), " x ", G.cols(),
+                  "], projector for [", rows_, " x ", cols_, "]");
     const Eigen::Index r = shapes_.rank;
     Matrix U, V;  // [m x r], [n x r]: leading singular vectors
     if (cfg_.refresh == GaloreRefresh::exact_svd) {
@@ -73,8 +73,8 @@ class GaloreProjector {
         V.col(i) *= T(-1);
       }
     }
-    left_ = U;                // P = U_r [m x r] (left, both)
-    right_ = V.transpose();   // P = Vh_r [r x n] (right, both)
+    left_ = U;               // P = U_r [m x r] (left, both)
+    right_ = V.transpose();  // P = Vh_r [r x n] (right, both)
     ready_ = true;
     ++refreshes_;
   }

@@ -277,14 +277,14 @@ class Gpt {
         const bool in_block = k >= first_block && k < first_block + per_block * cfg_.layers;
         const int block = in_block ? int((k - first_block) / per_block) : -1;
         const bool linear = in_block && s.rows > 1;
-        out.push_back(ParamTensor<T>{w_.flat().subspan(s.offset, std::size_t(s.size())),
-                                     std::span<const T>(grads_).subspan(s.offset,
-                                                                        std::size_t(s.size())),
-                                     {},
-                                     block,
-                                     linear ? s.rows : 0,
-                                     linear ? s.cols : 0,
-                                     linear});
+        out.push_back(
+            ParamTensor<T>{w_.flat().subspan(s.offset, std::size_t(s.size())),
+                           std::span<const T>(grads_).subspan(s.offset, std::size_t(s.size())),
+                           {},
+                           block,
+                           linear ? s.rows : 0,
+                           linear ? s.cols : 0,
+                           linear});
       }
     }
     for (auto& [name, pool] : pools_) out.push_back(ParamTensor<T>{pool.value, pool.grad, {}});

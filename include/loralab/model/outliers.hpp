@@ -64,8 +64,8 @@ std::vector<double> outlier_ratios(Model& model, GptWeights<T>& weights,
     for (int m = 0; m < kModulesPerBlock; ++m) {
       a[m] = norms[std::size_t(l) * kModulesPerBlock + m].norms();
       auto W = weights.weight(l, static_cast<Module>(m));
-      block.push_back({std::span<const T>(W.data(), std::size_t(W.size())), W.rows(), W.cols(),
-                       a[m]});
+      block.push_back(
+          {std::span<const T>(W.data(), std::size_t(W.size())), W.rows(), W.cols(), a[m]});
     }
     ratios[l] = sampling::block_outlier_ratio<T>(block, threshold);
   }

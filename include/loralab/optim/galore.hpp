@@ -35,25 +35,25 @@ enum class GaloreRefresh {
 /// \ingroup optim
 /// \brief Run-time knobs of GaLore; defaults are galore_torch's (T = 200, alpha = 1, `std`).
 struct GaloreConfig {
-  int rank = 128;                                        ///< r
-  std::int64_t period = 200;                             ///< T: refresh every T of a weight's steps
-  double scale = 1.0;                                    ///< alpha on the back-projected update
-  GaloreProjection type = GaloreProjection::standard;    ///< projection side rule
-  GaloreRefresh refresh = GaloreRefresh::exact_svd;      ///< exact or randomized
-  int power_iterations = 2;                              ///< randomized: subspace iterations
-  int oversample = 8;                                    ///< randomized: extra sketch columns
-  std::uint64_t seed = 0;                                ///< randomized: Philox key of the sketch
+  int rank = 128;                                      ///< r
+  std::int64_t period = 200;                           ///< T: refresh every T of a weight's steps
+  double scale = 1.0;                                  ///< alpha on the back-projected update
+  GaloreProjection type = GaloreProjection::standard;  ///< projection side rule
+  GaloreRefresh refresh = GaloreRefresh::exact_svd;    ///< exact or randomized
+  int power_iterations = 2;                            ///< randomized: subspace iterations
+  int oversample = 8;                                  ///< randomized: extra sketch columns
+  std::uint64_t seed = 0;                              ///< randomized: Philox key of the sketch
 };
 
 /// \ingroup optim
 /// \brief Checks a GaloreConfig. \throws Error naming the bad value.
 inline void validate(const GaloreConfig& c) {
-  LORALAB_CHECK(c.rank >= 1 && c.period >= 1 && c.scale > 0 && c.power_iterations >= 0 &&
-                    c.oversample >= 0,
-                "[loralab.config] GaLore needs rank >= 1, period >= 1, scale > 0, "
-                "power_iterations >= 0, oversample >= 0; got rank=",
-                c.rank, " period=", c.period, " scale=", c.scale,
-                " power_iterations=", c.power_iterations, " oversample=", c.oversample);
+  LORALAB_CHECK(
+      c.rank >= 1 && c.period >= 1 && c.scale > 0 && c.power_iterations >= 0 && c.oversample >= 0,
+      "[loralab.config] GaLore needs rank >= 1, period >= 1, scale > 0, "
+      "power_iterations >= 0, oversample >= 0; got rank=",
+      c.rank, " period=", c.period, " scale=", c.scale, " power_iterations=", c.power_iterations,
+      " oversample=", c.oversample);
 }
 
 /// \ingroup optim
@@ -86,10 +86,10 @@ inline GaloreSide galore_side(GaloreProjection type, std::int64_t m, std::int64_
 /// \brief Shapes of a weight's GaLore state: the projected gradient (= each moment) and the
 /// projector(s). r is clipped to min(m, n) (the SVD slice returns at most that many vectors).
 struct GaloreShapes {
-  std::int64_t rank = 0;           ///< effective rank min(r, m, n)
-  std::int64_t moment_rows = 0;    ///< rows of R, Mo, Ve
-  std::int64_t moment_cols = 0;    ///< columns of R, Mo, Ve
-  std::int64_t projector_size = 0; ///< entries of P (both projectors for `full`)
+  std::int64_t rank = 0;                ///< effective rank min(r, m, n)
+  std::int64_t moment_rows = 0;         ///< rows of R, Mo, Ve
+  std::int64_t moment_cols = 0;         ///< columns of R, Mo, Ve
+  std::int64_t projector_size = 0;      ///< entries of P (both projectors for `full`)
   GaloreSide side = GaloreSide::right;  ///< the side
 
   /// \brief Shapes for a weight [m x n].
@@ -126,12 +126,12 @@ LORALAB_HOST_DEVICE bool galore_refresh_due(std::int64_t t, std::int64_t period,
 /// \brief Per-step scalars of GaLore's AdamW (HF form, as galore_torch/adamw.py) for a tensor
 /// whose own step counter is t (1-based, after the increment).
 struct GaloreStepCoefficients {
-  double beta1 = 0.9;      ///< first-moment decay
-  double beta2 = 0.999;    ///< second-moment decay
-  double eps = 1e-6;       ///< added to the un-corrected sqrt(Ve)
-  double step_size = 0;    ///< lr * sqrt(1 - beta2^t) / (1 - beta1^t)
-  double decay = 0;        ///< lr * weight_decay, applied after the update
-  double scale = 1;        ///< alpha on the back-projected update
+  double beta1 = 0.9;    ///< first-moment decay
+  double beta2 = 0.999;  ///< second-moment decay
+  double eps = 1e-6;     ///< added to the un-corrected sqrt(Ve)
+  double step_size = 0;  ///< lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+  double decay = 0;      ///< lr * weight_decay, applied after the update
+  double scale = 1;      ///< alpha on the back-projected update
 
   /// \brief Coefficients of step t >= 1.
   static GaloreStepCoefficients make(double lr, double beta1, double beta2, double eps,

@@ -15,7 +15,8 @@ struct init {};     ///< initialization: KaimingUniformA, GaussianA
 struct scaling {};  ///< branch scale: AlphaOverRank, RsLoraScale
 struct dropout {};  ///< dropout on the adapter input: NoDropout, InputDropout
 struct share {};  ///< sharing of A and B across modules: PrivateFactors, PureSharing, MoS, PRoLoRA
-struct sampling {};  ///< which blocks train (trainer level): AllBlocks, UniformBlocks, OutlierWeighted, ...
+struct sampling {
+};  ///< which blocks train (trainer level): AllBlocks, UniformBlocks, OutlierWeighted, ...
 }  // namespace axes
 
 namespace detail {

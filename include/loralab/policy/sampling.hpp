@@ -35,9 +35,9 @@ concept SamplingPolicy = detail::OnAxis<P, axes::sampling> && requires(int L, Sa
 /// \ingroup sampling
 /// \brief Every block trains every step (the default; no sampler runs).
 struct AllBlocks {
-  using axis = axes::sampling;                      ///< the axis
-  static constexpr bool samples = false;            ///< no draws
-  static constexpr std::string_view name = "all";   ///< for logs
+  using axis = axes::sampling;                     ///< the axis
+  static constexpr bool samples = false;           ///< no draws
+  static constexpr std::string_view name = "all";  ///< for logs
   /// \brief Uniform weights (unused: every block is on).
   static std::vector<double> weights(int L, SamplingInputs) { return std::vector<double>(L, 1.0); }
 };

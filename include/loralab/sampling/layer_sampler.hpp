@@ -93,8 +93,8 @@ class LayerSampler {
       positive += weights[l] > 0;
     }
     LORALAB_CHECK(!samples_ || positive >= cfg.gamma, "[loralab.config] layer sampling (", name_,
-                  "): only ", positive, " blocks have a positive weight, fewer than gamma=",
-                  cfg.gamma);
+                  "): only ", positive,
+                  " blocks have a positive weight, fewer than gamma=", cfg.gamma);
     probabilities_.resize(L);
     for (int l = 0; l < L; ++l) probabilities_[l] = total > 0 ? weights[l] / total : 1.0 / L;
   }

@@ -77,8 +77,7 @@ struct ScoredLinear {
 /// 3). \throws Error on a shape mismatch, an empty block or M <= 0.
 template <class T>
 double block_outlier_ratio(std::span<const ScoredLinear<T>> linears, double threshold) {
-  LORALAB_CHECK(threshold > 0, "[loralab.config] outlier threshold M=", threshold,
-                " must be > 0");
+  LORALAB_CHECK(threshold > 0, "[loralab.config] outlier threshold M=", threshold, " must be > 0");
   double sum = 0;
   std::int64_t count = 0;
   for (const auto& s : linears) {
@@ -107,8 +106,7 @@ double block_outlier_ratio(std::span<const ScoredLinear<T>> linears, double thre
 inline std::vector<double> outlier_probabilities(std::span<const double> ratios) {
   double total = 0;
   for (double d : ratios) {
-    LORALAB_CHECK(d >= 0 && d <= 100, "[loralab.config] outlier ratio ", d,
-                  " outside [0, 100]");
+    LORALAB_CHECK(d >= 0 && d <= 100, "[loralab.config] outlier ratio ", d, " outside [0, 100]");
     total += d;
   }
   LORALAB_CHECK(total > 0, "[loralab.config] every block's outlier ratio is 0: no score exceeds ",

@@ -52,8 +52,9 @@ class HostOptimizer {
                     " entries, values have ", p.value.size());
       State& s = states_[k];
       s.moments = p.value.size();
-      if (!p.mask.empty()) s.moments = std::size_t(std::count_if(
-                               p.mask.begin(), p.mask.end(), [](std::uint8_t b) { return b; }));
+      if (!p.mask.empty())
+        s.moments = std::size_t(
+            std::count_if(p.mask.begin(), p.mask.end(), [](std::uint8_t b) { return b; }));
       if (opts_.galore && p.projectable && p.mask.empty()) {
         LORALAB_CHECK(p.rows * p.cols == std::int64_t(p.value.size()), "[loralab.shape] ",
                       "projectable tensor ", k, " is [", p.rows, " x ", p.cols, "] but has ",
@@ -211,8 +212,7 @@ class HostOptimizer {
     const std::size_t n = p.value.size();
     if (p.mask.empty()) {
       for (std::size_t i = 0; i < n; ++i)
-        adamw_update(p.value[i], grad_scale == 1.0 ? p.grad[i] : p.grad[i] * gs, s.m[i], s.v[i],
-                     c);
+        adamw_update(p.value[i], grad_scale == 1.0 ? p.grad[i] : p.grad[i] * gs, s.m[i], s.v[i], c);
       return;
     }
     std::size_t j = 0;  // index into the packed moments
@@ -235,9 +235,8 @@ class HostOptimizer {
       proj.refresh(G, std::uint32_t(k));
     cpu::MatrixR<T> R, D;
     proj.project(G, R);
-    const auto c =
-        GaloreStepCoefficients::make(lr_, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
-                                     opts_.galore->scale, ++s.t);
+    const auto c = GaloreStepCoefficients::make(lr_, cfg_.beta1, cfg_.beta2, cfg_.eps,
+                                                cfg_.weight_decay, opts_.galore->scale, ++s.t);
     for (Eigen::Index i = 0; i < R.size(); ++i)
       R.data()[i] = galore_moment_update(R.data()[i], s.m[std::size_t(i)], s.v[std::size_t(i)], c);
     proj.back_project(R, D);

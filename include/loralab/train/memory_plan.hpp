@@ -22,14 +22,14 @@ namespace loralab::train {
 /// \ingroup train
 /// \brief The shape of a decoder: blocks, widths, vocabulary, and the MLP kind.
 struct TransformerShape {
-  std::string name = "custom";   ///< for the report
-  int layers = 32;               ///< blocks
-  std::int64_t d = 4096;         ///< model width
-  std::int64_t ff = 11008;       ///< MLP width
-  std::int64_t vocab = 32000;    ///< vocabulary
-  bool gated_mlp = true;         ///< LLaMA: gate, up, down (3 matrices); GPT-2: fc, proj (2)
-  bool tied_head = false;        ///< GPT-2 ties the head to the embedding
-  std::int64_t positions = 0;    ///< learned position embeddings (GPT-2: 1024; LLaMA: RoPE, 0)
+  std::string name = "custom";  ///< for the report
+  int layers = 32;              ///< blocks
+  std::int64_t d = 4096;        ///< model width
+  std::int64_t ff = 11008;      ///< MLP width
+  std::int64_t vocab = 32000;   ///< vocabulary
+  bool gated_mlp = true;        ///< LLaMA: gate, up, down (3 matrices); GPT-2: fc, proj (2)
+  bool tied_head = false;       ///< GPT-2 ties the head to the embedding
+  std::int64_t positions = 0;   ///< learned position embeddings (GPT-2: 1024; LLaMA: RoPE, 0)
 
   /// \brief Linear-weight entries of one block (attention q, k, v, o plus the MLP).
   std::int64_t block_linear() const { return 4 * d * d + (gated_mlp ? 3 : 2) * d * ff; }
@@ -82,20 +82,20 @@ inline TransformerShape parse_shape(std::string_view text) {
       LORALAB_FAIL("[loralab.config] unknown shape key '", key,
                    "' (layers, d, ff, vocab, mlp, head)");
   }
-  LORALAB_CHECK(s.layers >= 1 && s.d >= 1 && s.ff >= 1 && s.vocab >= 1,
-                "[loralab.config] shape '", text, "' needs positive sizes");
+  LORALAB_CHECK(s.layers >= 1 && s.d >= 1 && s.ff >= 1 && s.vocab >= 1, "[loralab.config] shape '",
+                text, "' needs positive sizes");
   return s;
 }
 
 /// \ingroup train
 /// \brief What a method trains and how.
 struct MethodPlan {
-  std::string name;                 ///< for the report
-  bool adapters = false;            ///< LoRA on every linear instead of dense weights
-  int lora_rank = 8;                ///< LoRA rank
-  int gamma = 0;                    ///< sampled blocks per period (0 = every block trains)
-  bool galore = false;              ///< GaLore on the blocks' linear weights
-  int galore_rank = 256;            ///< GaLore rank
+  std::string name;                       ///< for the report
+  bool adapters = false;                  ///< LoRA on every linear instead of dense weights
+  int lora_rank = 8;                      ///< LoRA rank
+  int gamma = 0;                          ///< sampled blocks per period (0 = every block trains)
+  bool galore = false;                    ///< GaLore on the blocks' linear weights
+  int galore_rank = 256;                  ///< GaLore rank
   StatePolicy state = StatePolicy::keep;  ///< for sampled methods: state of inactive blocks
 };
 
@@ -103,12 +103,12 @@ struct MethodPlan {
 /// \brief Precision and batch assumptions (defaults: pure bf16 as LMFlow's LISA / OwLore runs,
 /// OwLore's batch 16 x 512 tokens, gradient checkpointing and flash attention).
 struct MemoryAssumptions {
-  int weight_bytes = 2;           ///< bf16 weights
-  int gradient_bytes = 2;         ///< bf16 gradients
-  int state_bytes = 2;            ///< bf16 optimizer moments and projectors
-  std::int64_t tokens = 16 * 512; ///< tokens per micro-batch
-  bool checkpointing = true;      ///< keep only block inputs; recompute one block at a time
-  int logit_bytes = 6;            ///< per logit: bf16 value + fp32 softmax / gradient
+  int weight_bytes = 2;            ///< bf16 weights
+  int gradient_bytes = 2;          ///< bf16 gradients
+  int state_bytes = 2;             ///< bf16 optimizer moments and projectors
+  std::int64_t tokens = 16 * 512;  ///< tokens per micro-batch
+  bool checkpointing = true;       ///< keep only block inputs; recompute one block at a time
+  int logit_bytes = 6;             ///< per logit: bf16 value + fp32 softmax / gradient
 };
 
 /// \ingroup train
@@ -162,8 +162,7 @@ inline MemoryBreakdown plan_memory(const TransformerShape& s, const MethodPlan& 
         block_state += g.projector_size + 2 * g.moment_size();
       }
     }
-    const std::int64_t held =
-        method.gamma > 0 && method.state != StatePolicy::drop ? L : active;
+    const std::int64_t held = method.gamma > 0 && method.state != StatePolicy::drop ? L : active;
     b.optimizer = (2 * outer + held * block_state) * a.state_bytes;
   }
   // Activations: per token and block, the saved values (norm outputs, q k v, attention output:
@@ -171,9 +170,9 @@ inline MemoryBreakdown plan_memory(const TransformerShape& s, const MethodPlan& 
   // with checkpointing only the block inputs stay, plus one block's worth during recompute.
   const std::int64_t per_block_values = 6 * d + (s.gated_mlp ? 4 : 2) * ff;
   const std::int64_t block_acts = a.tokens * per_block_values * a.weight_bytes;
-  b.activations = (a.checkpointing ? L * a.tokens * d * a.weight_bytes + block_acts
-                                   : L * block_acts) +
-                  a.tokens * s.vocab * a.logit_bytes;
+  b.activations =
+      (a.checkpointing ? L * a.tokens * d * a.weight_bytes + block_acts : L * block_acts) +
+      a.tokens * s.vocab * a.logit_bytes;
   return b;
 }
 

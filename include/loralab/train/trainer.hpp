@@ -79,9 +79,9 @@ struct EvalPoint {
 /// \ingroup train
 /// \brief The outcome of Trainer::run.
 struct TrainResult {
-  std::vector<EvalPoint> curve;   ///< every evaluation, in order
-  double tokens_per_second = 0;   ///< training throughput (target tokens and context included)
-  std::int64_t resumed_from = 0;  ///< step the run resumed at (0 = fresh)
+  std::vector<EvalPoint> curve;        ///< every evaluation, in order
+  double tokens_per_second = 0;        ///< training throughput (target tokens and context included)
+  std::int64_t resumed_from = 0;       ///< step the run resumed at (0 = fresh)
   std::vector<SampledPeriod> sampled;  ///< layer sampling: every period this run trained
   std::int64_t peak_optimizer_state_bytes = 0;  ///< largest optimizer state seen after a step
 };
@@ -196,8 +196,7 @@ class Trainer {
         char consistency[48] = "";
         if (step_consistency > 0)
           std::snprintf(consistency, sizeof consistency, "  consistency %.4f", step_consistency);
-        std::fprintf(stderr,
-                     "[%s] step %lld/%lld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %.0fs%s\n",
+        std::fprintf(stderr, "[%s] step %lld/%lld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %.0fs%s\n",
                      cfg_.label.c_str(), static_cast<long long>(done),
                      static_cast<long long>(cfg_.steps), step_loss, consistency, lr,
                      tokens / std::max(elapsed, 1e-9), per_step * double(cfg_.steps - done),
@@ -285,8 +284,8 @@ class Trainer {
         const std::string t_name = "optim.t." + std::to_string(k);
         if (!f.contains(t_name)) continue;  // written before per-tensor counters existed
         const std::vector<std::int64_t> counters = f.read<std::int64_t>(t_name);
-        LORALAB_CHECK(counters.size() == 2, "[loralab.io] ", path.string(), ": ", t_name,
-                      " holds ", counters.size(), " values, expected 2");
+        LORALAB_CHECK(counters.size() == 2, "[loralab.io] ", path.string(), ": ", t_name, " holds ",
+                      counters.size(), " values, expected 2");
         opt_.set_tensor_steps(k, counters[0]);
         const std::string p_name = "galore.p." + std::to_string(k);
         const std::vector<T> proj = f.contains(p_name) ? f.read<T>(p_name) : std::vector<T>{};
