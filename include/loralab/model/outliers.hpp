@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "loralab/adapter.hpp"
 #include "loralab/core/error.hpp"
 #include "loralab/data/batch.hpp"
 #include "loralab/model/modules.hpp"

@@ -72,9 +72,9 @@ struct ScoredLinear {
 };
 
 /// \ingroup sampling
-/// \brief D_l = 100 * #{scores > M * mean} / #scores, where the scores |W[o, c]| * a_c of ALL
-/// the block's sublayers are pooled and the mean is over that whole pool (methods.md 5.2 step
-/// 3). \throws Error on a shape mismatch, an empty block or M <= 0.
+/// \brief D_l = 100 * (number of scores above M * mean) / (number of scores), where the scores
+/// |W[o, c]| * a_c of ALL the block's sublayers are pooled and the mean is over that whole pool
+/// (methods.md 5.2 step 3). \throws Error on a shape mismatch, an empty block or M <= 0.
 template <class T>
 double block_outlier_ratio(std::span<const ScoredLinear<T>> linears, double threshold) {
   LORALAB_CHECK(threshold > 0, "[loralab.config] outlier threshold M=", threshold, " must be > 0");
