@@ -106,7 +106,13 @@ class Adapter {
 
   static_assert(RankPolicy<rank>, "loralab: the rank policy lacks value/is_static (see rank.hpp)");
   static_assert(FreezePolicy<freeze>, "loralab: the freeze policy lacks has_mask/freezes_a");
-  static_assert(InitPolicy<init>, "loralab: the init policy lacks gaussian");
+  static_assert(InitPolicy<init>, "loralab: the init policy lacks gaussian/svd_slice/refactorizes");
+  static_assert(!init::svd_slice || share::scheme.kind == ShareKind::private_factors,
+                "loralab: an SVD-slice init (RosaSubspace, PrincipalSubspace) does not combine "
+                "with a sharing policy: a shared pool cannot be the SVD slice of several weights");
+  static_assert(!init::svd_slice || !freeze::has_mask,
+                "loralab: an SVD-slice init (RosaSubspace, PrincipalSubspace) does not combine "
+                "with a freeze mask: frozen entries would keep a previous subspace's values");
   static_assert(ScalingPolicy<scaling>, "loralab: the scaling policy lacks scale(alpha, r)");
   static_assert(DropoutPolicy<dropout>, "loralab: the dropout policy lacks has_input_dropout");
   static_assert(SharePolicy<share>, "loralab: the sharing policy lacks scheme (see share.hpp)");
@@ -156,5 +162,9 @@ using LoraSP = Adapter<Rank<R>, RandomMask<50>>;
 /// private ranks p and shards l are in AdapterConfig::share).
 template <int R>
 using MoS = Adapter<Rank<R>, MixtureOfShards<>>;
+/// \ingroup adapter
+/// \brief ROSA of rank R (uniform random subspace; re-factorized by the model).
+template <int R>
+using Rosa = Adapter<Rank<R>, RosaSubspace<>>;
 
 }  // namespace loralab

@@ -15,7 +15,9 @@
 #include "loralab/core/memory.hpp"
 #include "loralab/core/philox.hpp"
 #include "loralab/cpu/eigen_types.hpp"
+#include "loralab/cpu/rosa.hpp"
 #include "loralab/optim/param_tensor.hpp"
+#include "loralab/rosa/subspace.hpp"
 
 namespace loralab::cpu {
 
@@ -66,6 +68,26 @@ class AdaptedLinear {
     grads_.assign(params_.size(), T(0));
     if constexpr (kHasMask) mask_.resize(params_.size());
     reset();
+  }
+
+  /// \brief SVD-slice inits (RosaSubspace, PrincipalSubspace): merges s B A into W, takes the
+  /// thin SVD of W, and makes the components of re-factorization `count` (drawn by the init's
+  /// law from the seed and module id) the new factors, B = U_I and A = diag(S_I) V_I^T / s, while
+  /// W keeps the complement. The layer's function is unchanged (methods.md 6.3, svd_equal);
+  /// gradients are zeroed. The constructor does it with count 0.
+  /// \throws Error when merged, or unless rank < min(in, out).
+  void refactorize(std::uint32_t count) requires(Spec::init::svd_slice) {
+    LORALAB_CHECK(!merged_, "[loralab.state] refactorize on a merged adapter; unmerge first");
+    MatrixR<T> merged = weight_;
+    merged.noalias() += scale_ * (B() * A());
+    const std::vector<int> I =
+        rosa::choose_subspace(Spec::init::law, int(std::min(in_features(), out_features())), rank_,
+                              cfg_.seed, cfg_.module_id, count);
+    const SvdSlice<T> slice = svd_slice<T>(merged, I, double(scale_));
+    weight_ = slice.fixed;
+    A() = slice.A;
+    B() = slice.B;
+    zero_grad();
   }
 
   AdaptedLinear(const AdaptedLinear&) = delete;  // holds views into itself and the caller's W
@@ -151,6 +173,10 @@ class AdaptedLinear {
   /// first if merged, so W returns to its base value.
   void reset() {
     if (merged_) unmerge();
+    if constexpr (Spec::init::svd_slice) {  // W holds the complement: fold the slice back, re-slice
+      refactorize(0);
+      return;
+    }
     std::span<T> all(params_);
     fill_initial_adapter<Spec, T>(cfg_, rank_, in_features(), all.first(a_size()),
                                   all.subspan(a_size()), mask_);

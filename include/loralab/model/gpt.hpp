@@ -108,6 +108,34 @@ class Gpt {
     }
   }
 
+  /// \brief Whether the adapters are re-factorized during training (ROSA's RosaSubspace init).
+  static constexpr bool refactorizes = Spec::init::refactorizes;
+
+  /// \brief ROSA: re-factorizes every adapter (merge, SVD, new slice drawn for `count`; see
+  /// cpu::AdaptedLinear::refactorize). The model's function is unchanged; the base weights of
+  /// the targeted modules now hold the complements. No-op for other inits.
+  void refactorize(std::uint32_t count) {
+    if constexpr (Spec::init::svd_slice)
+      for (auto& a : adapters_)
+        if (a) a->refactorize(count);
+  }
+
+  /// \brief Merges every adapter into its base weight (W <- W + s B A): the dense model of zero
+  /// inference overhead, e.g. for io::export_hf_gpt2. unmerge_adapters() undoes it.
+  void merge_adapters() {
+    for (auto& a : adapters_)
+      if (a) a->merge();
+  }
+  /// \brief Undoes merge_adapters() (up to rounding).
+  void unmerge_adapters() {
+    for (auto& a : adapters_)
+      if (a) a->unmerge();
+  }
+
+  /// \brief The base weights (flat, GptWeights layout). ROSA changes them at every
+  /// re-factorization, so checkpoints of such models carry them.
+  std::span<T> base_weights() { return w_.flat(); }
+
   /// \brief Dropout places (see ModelHooks).
   ModelHooks<T>& hooks() { return hooks_; }
 

@@ -98,6 +98,13 @@ class HostOptimizer {
     }
   }
 
+  /// \brief Zeroes every held state (moments, step counters, projectors): a fresh optimizer, as
+  /// ROSA builds after each re-factorization. The learning rate is the caller's to keep.
+  void reset_state() {
+    for (State& s : states_)
+      if (s.held) allocate(s);
+  }
+
   /// \brief Optimizer steps taken so far.
   std::int64_t steps() const { return steps_; }
   /// \brief Global L2 norm of the gradients (summed in double; frozen entries hold 0).

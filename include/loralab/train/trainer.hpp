@@ -50,6 +50,10 @@ struct TrainConfig {
   /// only trainable ones (model.set_block_trainable and the optimizer's active set); none = every
   /// block trains throughout.
   std::optional<sampling::LayerSampler> sampler;
+  /// ROSA: re-factorize the model's adapters before steps N, 2N, ... (0 = never; one epoch of
+  /// the ROSA code = the caller's steps per epoch), then start a fresh optimizer state; the
+  /// learning rate follows the schedule of the global step, so it stays continuous.
+  std::int64_t refactorize_every = 0;
 };
 
 /// \ingroup train
@@ -157,6 +161,8 @@ class Trainer {
       if (cfg_.sampler && cfg_.sampler->samples() &&
           (step == first_step || cfg_.sampler->resamples_at(step)))
         blocks = activate_blocks(step, result);
+      if (cfg_.refactorize_every > 0 && step > 0 && step % cfg_.refactorize_every == 0)
+        refactorize(step);
       model_.zero_grad();
       double step_loss = 0, step_consistency = 0;
       for (int micro = 0; micro < cfg_.grad_accum; ++micro) {
@@ -251,6 +257,12 @@ class Trainer {
                    std::span<const T>(proj));
       }
     }
+    if constexpr (requires { model_.base_weights(); }) {
+      if (Model::refactorizes) {  // ROSA: the base weights hold the last complements
+        const std::span<T> base = model_.base_weights();
+        w.add<T>("base", {std::int64_t(base.size())}, std::span<const T>(base));
+      }
+    }
     w.set_metadata("format", "loralab-checkpoint");
     w.set_metadata("step", std::to_string(step));
     w.set_metadata("adamw_steps", std::to_string(opt_.steps()));
@@ -271,6 +283,17 @@ class Trainer {
     LORALAB_CHECK(std::to_string(tensors) == meta.at("tensors"), "[loralab.io] ", path.string(),
                   " holds ", meta.at("tensors"), " parameter tensors, this model has ", tensors);
     const std::int64_t adamw_steps = std::stoll(meta.at("adamw_steps"));
+    if constexpr (requires { model_.base_weights(); }) {
+      if (Model::refactorizes) {
+        LORALAB_CHECK(f.contains("base"), "[loralab.io] ", path.string(),
+                      " has no base weights, which a re-factorizing (ROSA) model needs");
+        const std::vector<T> base = f.read<T>("base");
+        const std::span<T> dst = model_.base_weights();
+        LORALAB_CHECK(base.size() == dst.size(), "[loralab.io] ", path.string(), ": base has ",
+                      base.size(), " entries, the model's ", dst.size());
+        std::copy(base.begin(), base.end(), dst.begin());
+      }
+    }
     for (std::size_t k = 0; k < tensors; ++k) {
       const std::vector<T> values = f.read<T>("param." + std::to_string(k));
       const std::size_t want = opt_.values(k).size();
@@ -299,6 +322,24 @@ class Trainer {
   const Optimizer& optimizer() const { return opt_; }
 
  private:
+  // ROSA: a new subspace for every adapter, and a fresh optimizer state.
+  void refactorize(std::int64_t step) {
+    if constexpr (requires {
+                    model_.refactorize(0u);
+                    opt_.reset_state();
+                  }) {
+      model_.refactorize(std::uint32_t(step / cfg_.refactorize_every));
+      opt_.reset_state();
+      if (cfg_.progress)
+        std::fprintf(stderr, "[%s] step %lld: re-factorized the adapters (ROSA); optimizer reset\n",
+                     cfg_.label.c_str(), static_cast<long long>(step));
+    } else {
+      LORALAB_CHECK(false, "[loralab.config] '", cfg_.label,
+                    "': refactorize_every needs a model with refactorize() and an optimizer with "
+                    "reset_state()");
+    }
+  }
+
   // Layer sampling: the blocks of step's period become the trainable ones (the state policy
   // applies on a fresh draw); returns the progress-line suffix.
   std::string activate_blocks(std::int64_t step, TrainResult& result) {
