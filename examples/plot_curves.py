@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Plots ablate's validation curves: one line per arm (mean over seeds, band = min..max).
 
-Usage: /usr/bin/python3 examples/plot_curves.py curves.csv curves.png METRIC_NAME
+Usage: /usr/bin/python3 examples/plot_curves.py curves.csv curves.png METRIC_NAME [log [TITLE]]
 Needs Debian's python3-matplotlib (scripts/demo installs it).
 """
 import csv
@@ -24,11 +24,14 @@ def main():
     for arm, by_step in sorted(runs.items()):
         steps = sorted(by_step)
         mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
-        ax.plot(steps, mean, marker="o", label=arm)
+        ax.plot(steps, mean, marker="o" if len(steps) <= 40 else None, label=arm)
         ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.2)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel(metric)
-    ax.set_title("validation " + metric + " per arm (band: min..max over seeds)")
+    if len(sys.argv) > 4 and sys.argv[4] == "log":
+        ax.set_yscale("log")
+    title = sys.argv[5] if len(sys.argv) > 5 else "validation " + metric + " per arm (band: min..max over seeds)"
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
