@@ -78,6 +78,8 @@ struct Options {
   std::string galore_refresh = "exact";
   std::string state_policy = "keep";
   double outlier_threshold = sampling::kOwloreOutlierThreshold;
+  // ROSA arms: re-factorize every N steps (0 = steps / 4: four subspaces per run, [CHOICE]).
+  std::int64_t rosa_every = 0;
   std::vector<double> outlier_ratios;  // D_l of the base, computed when an arm samples by them
 };
 
@@ -106,8 +108,14 @@ template <class Spec, class Fn>
 auto on_device(const Options& o, Fn&& fn) {
   if (o.device == "cuda") {
 #if LORALAB_HAS_CUDA
-    if (o.dtype == "bf16") return fn.template operator()<cuda::Gpt<Spec, cuda::bf16>>();
-    return fn.template operator()<cuda::Gpt<Spec, float>>();
+    if constexpr (Spec::init::svd_slice) {
+      LORALAB_FAIL(
+          "[loralab.config] the ROSA and PiSSA arms (SVD-slice init) run on the CPU only "
+          "so far; use --device cpu");
+    } else {
+      if (o.dtype == "bf16") return fn.template operator()<cuda::Gpt<Spec, cuda::bf16>>();
+      return fn.template operator()<cuda::Gpt<Spec, float>>();
+    }
 #else
     LORALAB_FAIL(
         "[loralab.config] --device cuda: this ablate was built without the CUDA backend "
@@ -478,6 +486,22 @@ std::map<std::string, Arm> make_arms() {
   add(make_arm<Adapter<DynamicRank>>("owlore-full-rank", full,
                                      "OwLore without GaLore (outlier-weighted LISA)", {},
                                      sample(OutlierWeighted{}, false)));
+
+  // ROSA (methods.md 6): SVD-slice factors at scale 1, re-factorized every --rosa-every steps
+  // (uniform subsets, or the released code's contiguous block), and PiSSA's principal slice.
+  const auto scale_one = [](const Options& o, model::GptOptions& g) { g.adapter.alpha = o.rank; };
+  const auto every = [](const Options& o, std::uint64_t, train::TrainConfig& cfg) {
+    cfg.refactorize_every =
+        o.rosa_every > 0 ? o.rosa_every : std::max<std::int64_t>(1, o.steps / 4);
+  };
+  add(make_arm<Adapter<DynamicRank, RosaSubspace<>>>(
+      "rosa", adapters, "ROSA at --rank: uniform random subspace every --rosa-every steps",
+      scale_one, every));
+  add(make_arm<Adapter<DynamicRank, RosaSubspace<SubspaceLaw::contiguous>>>(
+      "rosa-contiguous", adapters, "ROSA with the released code's contiguous subspace", scale_one,
+      every));
+  add(make_arm<Adapter<DynamicRank, PrincipalSubspace>>(
+      "pissa", adapters, "PiSSA-style principal init (top-r slice, once) at --rank", scale_one));
   return arms;
 }
 
@@ -528,7 +552,8 @@ void usage(const std::map<std::string, Arm>& arms) {
       "                       dropkey-element,dropkey-column,dropattention,hiddencut-element,\n"
       "                       hiddencut-span,hiddenkey-minus,hiddenkey,hiddenkey-minus-js, or "
       "'owlore' for\n"
-      "                       full,lora,galore,lisa,owlore,owlore-full-rank; available:\n");
+      "                       full,lora,galore,lisa,owlore,owlore-full-rank, or 'rosa' for\n"
+      "                       lora,rosa,rosa-contiguous,pissa; available:\n");
   for (const auto& [name, arm] : arms)
     std::printf("                         %-15s %s\n", name.c_str(), arm.summary.c_str());
   std::printf(
@@ -569,6 +594,7 @@ void usage(const std::map<std::string, Arm>& arms) {
       "                       --galore-scale A (default 1); --galore-refresh exact|randomized\n"
       "  --state-policy P     optimizer state of unsampled blocks: keep (default), reset, drop\n"
       "  --outlier-threshold M   OWL's M for the owlore arms (default 13)\n"
+      "  --rosa-every N       ROSA re-factorization period in steps (default steps/4)\n"
       "  --no-plot            skip curves.png\n");
 }
 
@@ -599,6 +625,8 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
         o.arms = {"lora",          "lora-input-drop",   "dropkey-element", "dropkey-column",
                   "dropattention", "hiddencut-element", "hiddencut-span",  "hiddenkey-minus",
                   "hiddenkey",     "hiddenkey-minus-js"};
+      if (o.arms == std::vector<std::string>{"rosa"})
+        o.arms = {"lora", "rosa", "rosa-contiguous", "pissa"};
       if (o.arms == std::vector<std::string>{"owlore"})
         o.arms = {"full", "lora", "galore", "lisa", "owlore", "owlore-full-rank"};
     } else if (a == "--sample-gamma")
@@ -615,6 +643,8 @@ Options parse(int argc, char** argv, const std::map<std::string, Arm>& arms) {
       o.galore_refresh = value();
     else if (a == "--state-policy")
       o.state_policy = value();
+    else if (a == "--rosa-every")
+      o.rosa_every = std::stoll(value());
     else if (a == "--outlier-threshold")
       o.outlier_threshold = std::stod(value());
     else if (a == "--mos-budget")
