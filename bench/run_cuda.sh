@@ -14,11 +14,18 @@
 #  4. Dropout framework: bench_dropout_cuda in bf16, forward + backward time of HiddenKey-,
 #     HiddenKey (second forward for the KL) and HiddenKey with both branches over plain LoRA's on
 #     the same shape, one JSON line per arm in OUTDIR/dropout.jsonl (informative, like 3.).
+#  5. GaLore projector refresh: bench_galore_cuda (a 4096 x 4096 fp32 gradient at rank 128: exact
+#     cuSOLVER SVD vs the randomized range finder, power iterations 2, oversample 8; ms per
+#     refresh and the subspace distance between them) and PyTorch's torch.linalg.svd and
+#     torch.svd_lowrank on the same kind of matrix (bench/peers/torch_svd.py), one JSON line per
+#     method in OUTDIR/galore.jsonl; target: randomized refresh <= 50 ms (a miss makes the exit
+#     status at least 1).
 # Needs a CUDA device, and for the peers a Python with PyTorch (CUDA build), transformers and
 # peft: PYTHON=/path/to/python to choose it. About 3 to 6 minutes on an H100 once built.
 # Usage: bench/run_cuda.sh [output directory, default build/default/bench-results-cuda]
-# Exit status: the worse of the two summarizers' (0 all targets pass, 1 one fails, 2 a number is
-# missing), a failed adapter benchmark's status, or 77 when there is no CUDA device.
+# Exit status: the worse of the two summarizers' and the GaLore target's (0 all targets pass, 1
+# one fails, 2 a number is missing), a failed adapter benchmark's status, or 77 when there is no
+# CUDA device.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$root/build/default/bench-results-cuda}"
@@ -120,4 +127,38 @@ if [ "$dropout_status" -ne 0 ]; then
 else
   cat "$out/dropout.jsonl"
 fi
+
+# ---- 5. GaLore projector refresh -------------------------------------------------------------
+echo "[bench] GaLore projector refresh (4096 x 4096 fp32, rank 128): exact SVD vs randomized" >&2
+galore_status=0
+cmake --build "$root/build/default" --target bench_galore_cuda >&2 || galore_status=$?
+rm -f "$out/galore.jsonl"
+if [ "$galore_status" -eq 0 ]; then
+  timeout "$arm_timeout" "$root/build/default/bench/bench_galore_cuda" --json \
+    > "$out/galore.jsonl" || galore_status=$?
+fi
+peer_status=0
+timeout "$arm_timeout" "$python" "$root/bench/peers/torch_svd.py" >> "$out/galore.jsonl" \
+  || peer_status=$?
+[ "$peer_status" -eq 0 ] || echo "[bench] torch_svd.py failed with status $peer_status" >&2
+[ ! -f "$out/galore.jsonl" ] || cat "$out/galore.jsonl"
+# The target: loralab's randomized refresh within 50 ms (2 when the number is missing).
+target_status=0
+python3 - "$out/galore.jsonl" <<'PY' || target_status=$?
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ours = [r for r in rows if r.get("impl") == "loralab" and r.get("method") == "randomized"]
+if not ours or "ms" not in ours[0]:
+    print("[bench] GaLore: no randomized refresh time from bench_galore_cuda", file=sys.stderr)
+    sys.exit(2)
+r = ours[0]
+ok = r["ms"] <= r.get("target_ms", 50.0)
+peers = {(x["impl"], x["method"]): x["ms"] for x in rows if "ms" in x}
+print(f"[bench] GaLore randomized refresh {r['ms']:.2f} ms (target <= {r.get('target_ms', 50.0):g} "
+      f"ms: {'PASS' if ok else 'FAIL'}), subspace distance to exact {r['subspace_distance']:.3g}; "
+      + ", ".join(f"{i} {m} {v:.2f} ms" for (i, m), v in sorted(peers.items())), file=sys.stderr)
+sys.exit(0 if ok else 1)
+PY
+[ "$galore_status" -eq 0 ] || { echo "[bench] bench_galore_cuda failed with status $galore_status" >&2; target_status=2; }
+[ "$target_status" -le "$status" ] || status=$target_status
 exit "$status"
