@@ -567,6 +567,15 @@ TEST_CASE("cuda::DeviceOptimizer restores dropped and projected state") {
     CHECK(b.projector_values(k) == a.projector_values(k));
     CHECK(b.projector_refreshes(k) == a.projector_refreshes(k));
   }
+  // reset_state: a fresh optimizer for the held states (HostOptimizer::reset_state, ROSA).
+  b.reset_state();
+  for (std::size_t k = 0; k < b.tensors(); ++k) {
+    CAPTURE(k);
+    CHECK(b.tensor_steps(k) == 0);
+    CHECK(b.projector_values(k).empty());
+    CHECK(b.first_moment(k).size() == a.first_moment(k).size());  // dropped stay dropped
+    for (float x : b.first_moment(k)) CHECK(x == 0.0f);
+  }
   CHECK_THROWS_AS(b.restore(3, 1, std::vector<float>(5), std::vector<float>(5)), Error);
   CHECK_THROWS_AS(b.set_projector_values(0, std::vector<float>(4), 1), Error);  // not projected
   CHECK_THROWS_AS(b.set_active_blocks({true}, true), Error);  // block 1 outside the set

@@ -51,7 +51,7 @@ enum Slot : int {
   kY,           // randomized: range basis Q [m x k]
   kZ,           // randomized: co-range basis [n x k]
   kBt,          // randomized: B^T = G^T Q [n x k], then Q2
-  kR2,          // randomized: R2 [k x k]
+  kR2,          // randomized: R2 [k x k] (then destroyed by its SVD)
   kLeftVec,     // randomized: U[:, :r] [m x r]
   kRightVec,    // randomized: V[:, :r] [n x r]
   kCount
@@ -252,6 +252,40 @@ inline void thin_svd(GaloreContext& ctx, float* a, std::int64_t rows, std::int64
   record_info(ctx, ++call);
 }
 
+// A cuSOLVER Jacobi-SVD parameter set (default tolerance: machine accuracy; default sweep
+// limit), owned for one refresh.
+class JacobiParams {
+ public:
+  JacobiParams() { LORALAB_CUSOLVER_CHECK(cusolverDnCreateGesvdjInfo(&info_)); }
+  ~JacobiParams() {
+    if (info_) cusolverDnDestroyGesvdjInfo(info_);
+  }
+  JacobiParams(const JacobiParams&) = delete;
+  JacobiParams& operator=(const JacobiParams&) = delete;
+  gesvdjInfo_t get() const { return info_; }
+
+ private:
+  gesvdjInfo_t info_ = nullptr;
+};
+
+// SVD of a small square A [k x k] column-major (destroyed) by one-sided Jacobi (gesvdj, suited to
+// small matrices, where gesvd's bidiagonalization is launch-bound): A = U S V^T with U, V
+// [k x k] (ld k), singular values descending.
+inline void small_svd(GaloreContext& ctx, float* a, std::int64_t k, float* u, float* v,
+                      const JacobiParams& params, int& call) {
+  const int n = to_int(k, "k");
+  float* sigma = ctx.scratch(kSigma, std::size_t(k));
+  int lwork = 0;
+  LORALAB_CUSOLVER_CHECK(cusolverDnSgesvdj_bufferSize(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR,
+                                                      /*econ=*/0, n, n, a, n, sigma, u, n, v, n,
+                                                      &lwork, params.get()));
+  float* work = ctx.scratch(kWork, std::size_t(lwork));
+  LORALAB_CUSOLVER_CHECK(cusolverDnSgesvdj(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, 0, n, n, a, n,
+                                           sigma, u, n, v, n, work, lwork, ctx.info(),
+                                           params.get()));
+  record_info(ctx, ++call);
+}
+
 }  // namespace galore_impl
 
 // ---- GaloreProjector -----------------------------------------------------------------------
@@ -342,8 +376,8 @@ void GaloreProjector::randomized(const float* G, std::uint32_t tensor, GaloreCon
     sgemm(ctx, true, false, m, k, n, G, n, z, n, y, m);  // Y = G Z
     orthonormalize(ctx, y, m, k, call);
   }
-  // B^T = G^T Q [n x k] = Q2 R2 (QR) and R2 = Ur S VTr (SVD), so B = VTr^T S (Q2 Ur)^T:
-  // U_B = VTr^T and V_B = Q2 Ur, hence G ~ Q B gives U = Q VTr^T and V = Q2 Ur.
+  // B^T = G^T Q [n x k] = Q2 R2 (QR) and R2 = Ur S Vr^T (SVD), so B = Vr S (Q2 Ur)^T:
+  // U_B = Vr and V_B = Q2 Ur, hence G ~ Q B gives U = Q Vr and V = Q2 Ur.
   float* bt = ctx.scratch(kBt, std::size_t(n * k));
   sgemm(ctx, false, false, n, k, m, G, n, y, m, bt, n);
   float* r2 = ctx.scratch(kR2, std::size_t(k * k));
@@ -365,19 +399,22 @@ void GaloreProjector::randomized(const float* G, std::uint32_t tensor, GaloreCon
     record_info(ctx, ++call);
   }
   float* ur = ctx.scratch(kU, std::size_t(k * k));
-  float* vtr = ctx.scratch(kVT, std::size_t(k * k));
-  thin_svd(ctx, r2, k, k, true, true, ur, vtr, call);
+  float* vr = ctx.scratch(kVT, std::size_t(k * k));
+  const JacobiParams jacobi;
+  small_svd(ctx, r2, k, ur, vr, jacobi, call);
   float* uu = nullptr;
   float* vv = nullptr;
-  if (need_u) {  // U[:, :r] = Q (VTr[:r, :])^T [m x r]
+  if (need_u) {  // U[:, :r] = Q Vr[:, :r] [m x r]
     uu = ctx.scratch(kLeftVec, std::size_t(m * r));
-    sgemm(ctx, false, true, m, r, k, y, m, vtr, k, uu, m);
+    sgemm(ctx, false, false, m, r, k, y, m, vr, k, uu, m);
   }
   if (need_v) {  // V[:, :r] = Q2 Ur[:, :r] [n x r]
     vv = ctx.scratch(kRightVec, std::size_t(n * r));
     sgemm(ctx, false, false, n, r, k, bt, n, ur, k, vv, n);
   }
   finalize(uu, 1, m, vv, 1, n, ctx);
+  // The Jacobi parameters must outlive the solver's use of them (refresh waits anyway).
+  LORALAB_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
 }
 
 void GaloreProjector::finalize(const float* u, std::int64_t u_es, std::int64_t u_vs, const float* v,

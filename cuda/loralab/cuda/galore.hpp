@@ -84,9 +84,9 @@ class GaloreContext {
 /// n >= m, and a transposed copy of G otherwise). Randomized refresh: Omega [n x k], k = min(r +
 /// oversample, min(m, n)), from the same Philox normals as the CPU (generated on the device),
 /// Y = G Omega, power iterations with Householder re-orthonormalization (geqrf + orgqr), then
-/// B^T = G^T Q is factored by QR (B^T = Q2 R2) and the small R2 [k x k] by gesvd, which gives
-/// B's singular vectors exactly as an SVD of B would (U_B = right vectors of R2, V_B = Q2 times
-/// its left vectors).
+/// B^T = G^T Q is factored by QR (B^T = Q2 R2) and the small R2 [k x k] by a Jacobi SVD
+/// (gesvdj), which gives B's singular vectors exactly as an SVD of B would (U_B = right vectors
+/// of R2, V_B = Q2 times its left vectors).
 class GaloreProjector {
  public:
   /// \brief An empty projector for a weight of `rows` x `cols` under `cfg` (validated).

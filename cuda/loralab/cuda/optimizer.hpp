@@ -104,6 +104,16 @@ class DeviceOptimizer {
     }
   }
 
+  /// \brief Zeroes every held state (moments, step counters, projectors): a fresh optimizer, as
+  /// HostOptimizer::reset_state (ROSA after a re-factorization). Dropped states stay dropped;
+  /// the learning rate is the caller's to keep.
+  void reset_state() {
+    for (const Where& w : where_) {
+      if (w.projected && galore_->held(w.index)) galore_->reset_state(w.index);
+      if (!w.projected && adam_->held(w.index)) adam_->reset_state(w.index);
+    }
+  }
+
   /// \brief Steps taken so far.
   std::int64_t steps() const { return steps_; }
   /// \brief Global L2 norm of the gradients (device reductions in a fixed order).
