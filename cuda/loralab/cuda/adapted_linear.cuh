@@ -14,11 +14,14 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cmath>
+#include <cstdlib>
 #include <type_traits>
 
 #include "loralab/core/philox.hpp"
 #include "loralab/cuda/adapted_linear.hpp"
 #include "loralab/cuda/dropout/masks.hpp"
+#include "loralab/cuda/solver.hpp"
 
 namespace loralab::cuda {
 namespace kernels {
@@ -31,8 +34,8 @@ inline unsigned blocks_for(std::int64_t work) {
 }
 
 template <class T>
-__device__ __forceinline__ float load(const T* p, std::int64_t i) {
-  if constexpr (std::is_same_v<T, float>) {
+__device__ __forceinline__ auto load(const T* p, std::int64_t i) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     return p[i];
   } else {
     return __bfloat162float(p[i]);
@@ -105,7 +108,37 @@ __global__ void first_nonfinite(const T* __restrict__ x, std::int64_t total,
                                 unsigned long long* first) {
   for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
        e += std::int64_t(gridDim.x) * blockDim.x)
-    if (!isfinite(load(x, e))) atomicMin(first, static_cast<unsigned long long>(e));
+    if (!isfinite(static_cast<double>(load(x, e))))
+      atomicMin(first, static_cast<unsigned long long>(e));
+}
+
+// dst[e] = double(src[e]) over `total` entries.
+template <class T>
+__global__ void to_double(const T* __restrict__ src, double* __restrict__ dst, std::int64_t total) {
+  for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += std::int64_t(gridDim.x) * blockDim.x)
+    dst[e] = double(load(src, e));
+}
+
+// dst[e] = T(src[e]) (rounded to nearest) over `total` entries.
+template <class T>
+__global__ void from_double(const double* __restrict__ src, T* __restrict__ dst,
+                            std::int64_t total) {
+  for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += std::int64_t(gridDim.x) * blockDim.x)
+    store(dst, e, static_cast<float>(src[e]));
+}
+
+// Column-major dst [rows x cols] (leading dimension rows) from row-major src [rows x cols].
+static __global__ void transpose_to_col_major(const double* __restrict__ src,
+                                              double* __restrict__ dst, std::int64_t rows,
+                                              std::int64_t cols) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t i = e / cols, j = e % cols;
+    dst[i + j * rows] = src[e];
+  }
 }
 
 }  // namespace kernels
@@ -348,6 +381,154 @@ void LinearCore<T>::unmerge() {
   gemm_row_major(blas_.get(), false, false, out_, in_, rank_, -scale_, A + a_size(), data_type<T>(),
                  rank_, A, data_type<T>(), in_, 1.0f, weight_, data_type<T>(), in_);  // W - s B A
   merged_ = false;
+}
+
+namespace detail {
+// Row-major double GEMM C [m x n] = alpha A [m x k] B [k x n] + beta C (the operand swap of
+// gemm_row_major: column-major C^T = B^T A^T).
+inline void dgemm_row_major(cublasHandle_t h, std::int64_t m, std::int64_t n, std::int64_t k,
+                            double alpha, const double* A, const double* B, double beta,
+                            double* C) {
+  LORALAB_CUBLAS_CHECK(cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), &alpha, B,
+                                   int(n), A, int(k), &beta, C, int(n)));
+}
+}  // namespace detail
+
+template <DeviceScalar T>
+void LinearCore<T>::refactorize(std::span<const int> I) {
+  LORALAB_CHECK(!merged_, "[loralab.state] refactorize on a merged adapter; unmerge first");
+  const std::int64_t k = std::min(in_, out_);
+  const std::int64_t r = std::int64_t(I.size());
+  LORALAB_CHECK(r == rank_, "[loralab.shape] refactorize: ", r, " components for rank ", rank_);
+  for (int i : I)
+    LORALAB_CHECK(i >= 0 && i < k, "[loralab.shape] ROSA component ", i, " outside [0, ", k, ")");
+  const std::int64_t count = out_ * in_;
+  const unsigned grid = kernels::blocks_for(count);
+  const cublasHandle_t h = blas_.get();
+
+  // merged = W + s B A, row-major [out x in], in double (the fp32 masters, not the bf16 copy).
+  DeviceBuffer<double> merged(static_cast<std::size_t>(count));
+  DeviceBuffer<double> factors(params_.size());  // A [r x in] then B [out x r]
+  kernels::to_double<T><<<grid, kernels::kThreads, 0, stream_>>>(weight_, merged.data(), count);
+  LORALAB_CUDA_CHECK(cudaGetLastError());
+  const std::int64_t total = std::int64_t(params_.size());
+  kernels::to_double<float><<<kernels::blocks_for(total), kernels::kThreads, 0, stream_>>>(
+      params_.data(), factors.data(), total);
+  LORALAB_CUDA_CHECK(cudaGetLastError());
+  detail::dgemm_row_major(h, out_, in_, rank_, double(scale_), factors.data() + a_size(),
+                          factors.data(), 1.0, merged.data());
+  {  // always checked (as cpu::svd_slice): a non-finite matrix makes gesvd's output garbage
+    const unsigned long long none = ULLONG_MAX;
+    LORALAB_CUDA_CHECK(
+        cudaMemcpyAsync(first_bad_.data(), &none, sizeof(none), cudaMemcpyHostToDevice, stream_));
+    kernels::first_nonfinite<double>
+        <<<grid, kernels::kThreads, 0, stream_>>>(merged.data(), count, first_bad_.data());
+    LORALAB_CUDA_CHECK(cudaGetLastError());
+    unsigned long long first = none;
+    LORALAB_CUDA_CHECK(
+        cudaMemcpyAsync(&first, first_bad_.data(), sizeof(first), cudaMemcpyDeviceToHost, stream_));
+    LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    LORALAB_CHECK(first == none, "[loralab.numeric] ROSA factorization of a non-finite weight (",
+                  first / std::uint64_t(in_), ", ", first % std::uint64_t(in_), ")");
+  }
+
+  // gesvd needs m >= n: factor the column-major M [m x n] = W (out >= in) or W^T (in > out; the
+  // row-major memory of W read column-major is W^T already).
+  const bool tall = out_ >= in_;
+  const std::int64_t m = tall ? out_ : in_, n = k;
+  DeviceBuffer<double> M(static_cast<std::size_t>(count)), S(static_cast<std::size_t>(n)),
+      Um(static_cast<std::size_t>(m * n)), VTm(static_cast<std::size_t>(n * n)),
+      rwork(static_cast<std::size_t>(n > 1 ? n - 1 : 1));
+  if (tall) {
+    kernels::transpose_to_col_major<<<grid, kernels::kThreads, 0, stream_>>>(merged.data(),
+                                                                             M.data(), out_, in_);
+    LORALAB_CUDA_CHECK(cudaGetLastError());
+  } else {
+    LORALAB_CUDA_CHECK(cudaMemcpyAsync(M.data(), merged.data(), std::size_t(count) * sizeof(double),
+                                       cudaMemcpyDeviceToDevice, stream_));
+  }
+  SolverHandle solver(stream_);
+  int lwork = 0;
+  LORALAB_CUSOLVER_CHECK(cusolverDnDgesvd_bufferSize(solver.get(), int(m), int(n), &lwork));
+  DeviceBuffer<double> work(static_cast<std::size_t>(lwork > 0 ? lwork : 1));
+  DeviceBuffer<int> info(1);
+  LORALAB_CUSOLVER_CHECK(cusolverDnDgesvd(solver.get(), 'S', 'S', int(m), int(n), M.data(), int(m),
+                                          S.data(), Um.data(), int(m), VTm.data(), int(n),
+                                          work.data(), lwork, rwork.data(), info.data()));
+  int status = 0;
+  LORALAB_CUDA_CHECK(
+      cudaMemcpyAsync(&status, info.data(), sizeof(int), cudaMemcpyDeviceToHost, stream_));
+  std::vector<double> sv(static_cast<std::size_t>(n));
+  LORALAB_CUDA_CHECK(cudaMemcpyAsync(sv.data(), S.data(), std::size_t(n) * sizeof(double),
+                                     cudaMemcpyDeviceToHost, stream_));
+
+  // The selected columns of U [out x k] and V [in x k] of W. Tall: U = Um, V = VTm^T. Wide
+  // (W = M^T = Vm S Um^T): U = VTm^T, V = Um. A column of Um is contiguous; a column of VTm^T is
+  // a row of the column-major VTm, read with a pitch of n.
+  std::vector<double> u(static_cast<std::size_t>(out_ * r)),
+      v(static_cast<std::size_t>(in_ * r));  // column j: selected j
+  auto fetch_column = [&](const DeviceBuffer<double>& Um_or_VTm, bool contiguous, int c,
+                          double* dst, std::int64_t len) {
+    if (contiguous) {
+      LORALAB_CUDA_CHECK(cudaMemcpyAsync(dst, Um_or_VTm.data() + std::int64_t(c) * m,
+                                         std::size_t(len) * sizeof(double), cudaMemcpyDeviceToHost,
+                                         stream_));
+    } else {
+      LORALAB_CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(double), Um_or_VTm.data() + c,
+                                           std::size_t(n) * sizeof(double), sizeof(double),
+                                           std::size_t(len), cudaMemcpyDeviceToHost, stream_));
+    }
+  };
+  for (std::int64_t j = 0; j < r; ++j) {
+    const int c = I[std::size_t(j)];
+    double* uj = u.data() + j * out_;
+    double* vj = v.data() + j * in_;
+    if (tall) {
+      fetch_column(Um, true, c, uj, out_);
+      fetch_column(VTm, false, c, vj, in_);
+    } else {
+      fetch_column(VTm, false, c, uj, out_);
+      fetch_column(Um, true, c, vj, in_);
+    }
+  }
+  LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  LORALAB_CHECK(status == 0, "[loralab.numeric] ROSA factorization: cusolverDnDgesvd info ", status,
+                " (", status > 0 ? "did not converge" : "bad argument", ")");
+
+  // Sign rule (cpu::svd_slice): the first largest-magnitude entry of each U column is positive.
+  // Then B = U_I [out x r], A = diag(S_I) V_I^T / s [r x in] (fp32 masters), and the unscaled
+  // slice U_I diag(S_I) V_I^T in double for the complement.
+  std::vector<float> values(params_.size());
+  std::vector<double> slice_a(static_cast<std::size_t>(r * in_)),
+      slice_b(static_cast<std::size_t>(out_ * r));
+  for (std::int64_t j = 0; j < r; ++j) {
+    double* uj = u.data() + j * out_;
+    double* vj = v.data() + j * in_;
+    std::int64_t at = 0;
+    for (std::int64_t i = 1; i < out_; ++i)
+      if (std::abs(uj[i]) > std::abs(uj[at])) at = i;
+    const double sign = uj[at] < 0 ? -1.0 : 1.0;
+    const double s = sv[std::size_t(I[std::size_t(j)])];
+    for (std::int64_t i = 0; i < out_; ++i) {
+      slice_b[std::size_t(i * r + j)] = sign * uj[i];
+      values[std::size_t(a_size() + i * r + j)] = static_cast<float>(sign * uj[i]);
+    }
+    for (std::int64_t i = 0; i < in_; ++i) {
+      slice_a[std::size_t(j * in_ + i)] = sign * s * vj[i];
+      values[std::size_t(j * in_ + i)] = static_cast<float>(sign * s * vj[i] / double(scale_));
+    }
+  }
+  set_parameters(values);
+
+  // W = merged - U_I diag(S_I) V_I^T, rounded to T once.
+  DeviceBuffer<double> a_dev(slice_a.size()), b_dev(slice_b.size());
+  a_dev.upload(std::span<const double>(slice_a), stream_);
+  b_dev.upload(std::span<const double>(slice_b), stream_);
+  detail::dgemm_row_major(h, out_, in_, r, -1.0, b_dev.data(), a_dev.data(), 1.0, merged.data());
+  kernels::from_double<T><<<grid, kernels::kThreads, 0, stream_>>>(merged.data(), weight_, count);
+  LORALAB_CUDA_CHECK(cudaGetLastError());
+  zero_grad();
+  LORALAB_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the scratch buffers are freed on return
 }
 
 template <DeviceScalar T>

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <type_traits>
@@ -21,6 +22,7 @@
 #include "loralab/cuda/blas.hpp"
 #include "loralab/cuda/device_buffer.hpp"
 #include "loralab/dropout/masks.hpp"
+#include "loralab/rosa/subspace.hpp"
 
 namespace loralab::cuda {
 
@@ -85,6 +87,17 @@ class LinearCore {
   void unmerge();
   /// \brief True between merge() and unmerge().
   bool merged() const { return merged_; }
+  /// \brief ROSA / PiSSA re-factorization at the (ascending, distinct) component indices `I`
+  /// (methods.md 6.3, svd_equal; the device mirror of cpu::svd_slice): merged = W + s B A in
+  /// double, thin SVD by cusolverDnDgesvd in double (as the CPU's BDCSVD), the sign rule (the
+  /// largest-magnitude entry of each U column positive; U and V columns flip together), then
+  /// B = U_I, A = diag(S_I) V_I^T / s in the fp32 masters (and the bf16 copy) and
+  /// W = merged - U_I diag(S_I) V_I^T (= the complement U_~I diag(S_~I) V_~I^T) rounded to T;
+  /// gradients zeroed. The r selected columns of U and V go through the host for the sign rule
+  /// (r * (in + out) doubles); the m x n matrix and its factors stay on the device.
+  /// \throws Error when merged, on an index outside [0, min(in, out)), on a non-finite merged
+  /// weight, or when the SVD does not converge.
+  void refactorize(std::span<const int> I);
   /// \brief The optimizer's view: fp32 master, gradient, mask, bf16 copy to refresh.
   std::vector<DeviceParamTensor> parameter_tensors();
   /// \brief Bytes held on the device, in MemoryReport's categories (optimizer state excluded).
@@ -172,6 +185,8 @@ class AdaptedLinear {
               LinearFlags{Spec::freeze::has_mask, Spec::freeze::freezes_a,
                           Spec::dropout::has_input_dropout},
               stream) {
+    if constexpr (Spec::init::svd_slice)  // the CPU's factors start at 0: W is sliced as is
+      core_.set_parameters(std::vector<float>(std::size_t(rank_) * (in + out), 0.0f));
     reset();
   }
 
@@ -192,6 +207,10 @@ class AdaptedLinear {
   /// gradients 0; unmerges first.
   void reset() {
     if (merged()) unmerge();
+    if constexpr (Spec::init::svd_slice) {  // W holds the complement: fold the slice back, re-slice
+      refactorize(0);
+      return;
+    }
     std::vector<float> values(std::size_t(rank_) * (in_features() + out_features()));
     std::vector<std::uint8_t> mask(Spec::freeze::has_mask ? values.size() : 0);
     std::span<float> all(values);
@@ -201,6 +220,20 @@ class AdaptedLinear {
     core_.set_parameters(values);
     if (!mask.empty()) core_.set_mask(mask);
     core_.zero_grad();
+  }
+  /// \brief SVD-slice inits (RosaSubspace, PrincipalSubspace): merges s B A into W, takes the
+  /// thin SVD of W on the device, and makes the components of re-factorization `count` (drawn by
+  /// the init's law from the seed and module id, rosa::choose_subspace, as on the CPU) the new
+  /// factors, B = U_I and A = diag(S_I) V_I^T / s, while W keeps the complement; gradients are
+  /// zeroed. The mirror of cpu::AdaptedLinear::refactorize (the constructor does it with count
+  /// 0); see LinearCore::refactorize for the numerics.
+  /// \throws Error when merged, or unless rank < min(in, out).
+  void refactorize(std::uint32_t count) requires(Spec::init::svd_slice) {
+    LORALAB_CHECK(!merged(), "[loralab.state] refactorize on a merged adapter; unmerge first");
+    const std::vector<int> I =
+        rosa::choose_subspace(Spec::init::law, int(std::min(in_features(), out_features())), rank_,
+                              cfg_.seed, cfg_.module_id, count);
+    core_.refactorize(I);
   }
   /// \brief Sets A [r x in] and B [out x r] (row-major host values), e.g. from a checkpoint.
   void set_parameters(std::span<const float> A, std::span<const float> B) {

@@ -42,6 +42,9 @@ class Gpt {
  public:
   /// \brief The optimizer train::Trainer uses for this model (fused AdamW on the device).
   using optimizer_type = DeviceOptimizer;
+  /// \brief True for ROSA (adapters re-sliced during training; train::Trainer's
+  /// refactorize_every), as model::Gpt::refactorizes.
+  static constexpr bool refactorizes = Spec::init::refactorizes;
 
   /// \brief Uploads `weights` and builds the adapters of `opts` (adapter mode).
   /// \throws Error on a bad configuration, as model::Gpt (the dropout configuration is checked
@@ -214,6 +217,27 @@ class Gpt {
                   "[loralab.shape] download: the weights are for ", out.config().to_string(),
                   ", the model is ", config().to_string());
     core_.download(out.flat());
+  }
+
+  /// \brief ROSA: re-factorizes every adapter on the device (merge, SVD, new slice drawn for
+  /// `count`; see AdaptedLinear::refactorize), one layer at a time. The model's function is
+  /// unchanged; the base weights of the targeted modules now hold the complements (download()
+  /// returns them). No-op for other inits, as model::Gpt::refactorize.
+  void refactorize(std::uint32_t count) {
+    if constexpr (Spec::init::svd_slice)
+      for (auto& a : adapters_)
+        if (a) a->refactorize(count);
+  }
+  /// \brief Merges every adapter into its base weight on the device (W <- W + s B A), as
+  /// model::Gpt::merge_adapters; unmerge_adapters() undoes it.
+  void merge_adapters() {
+    for (auto& a : adapters_)
+      if (a) a->merge();
+  }
+  /// \brief Undoes merge_adapters() (up to rounding).
+  void unmerge_adapters() {
+    for (auto& a : adapters_)
+      if (a) a->unmerge();
   }
 
   /// \brief The compiled core (for tests and tools that drive layers directly).
