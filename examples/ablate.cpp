@@ -108,14 +108,8 @@ template <class Spec, class Fn>
 auto on_device(const Options& o, Fn&& fn) {
   if (o.device == "cuda") {
 #if LORALAB_HAS_CUDA
-    if constexpr (Spec::init::svd_slice) {
-      LORALAB_FAIL(
-          "[loralab.config] the ROSA and PiSSA arms (SVD-slice init) run on the CPU only "
-          "so far; use --device cpu");
-    } else {
-      if (o.dtype == "bf16") return fn.template operator()<cuda::Gpt<Spec, cuda::bf16>>();
-      return fn.template operator()<cuda::Gpt<Spec, float>>();
-    }
+    if (o.dtype == "bf16") return fn.template operator()<cuda::Gpt<Spec, cuda::bf16>>();
+    return fn.template operator()<cuda::Gpt<Spec, float>>();
 #else
     LORALAB_FAIL(
         "[loralab.config] --device cuda: this ablate was built without the CUDA backend "
