@@ -257,6 +257,11 @@ class Trainer {
                    std::span<const T>(proj));
       }
     }
+    if constexpr (
+        requires { Model::refactorizes; } && !requires { model_.base_weights(); })
+      LORALAB_CHECK(!Model::refactorizes, "[loralab.config] '", cfg_.label,
+                    "': checkpoints of a re-factorizing (ROSA) model need its base weights, which "
+                    "this model does not expose (device models: not supported yet)");
     if constexpr (requires { model_.base_weights(); }) {
       if (Model::refactorizes) {  // ROSA: the base weights hold the last complements
         const std::span<T> base = model_.base_weights();
